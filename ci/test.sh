@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The project's test command (README: "Run the tests"). CI runs exactly this via .ci/run.
+# Installs what it needs (the Python JSON Schema validator used as the independent check of the
+# contract), then: format, lints, the Rust test suite, and the independent contract check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "python deps for the independent contract validator"
+if ! python3 -c 'import jsonschema, yaml' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check 'jsonschema>=4.18' 'pyyaml>=6'
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "independent contract check (python-jsonschema, not our validator)"
+python3 ci/check-contract.py

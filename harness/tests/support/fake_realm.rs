@@ -1,0 +1,471 @@
+//! TEST DOUBLE: a small in-process MTOR/1 "realm" that implements just the frame handling, sessions,
+//! worker enrolment and REST endpoints the events and health suites exercise, with switchable
+//! defects. It exists to prove each harness case FAILS against the defect it looks for (and passes
+//! against the clean double) until the reference realm's defect catalogue lands. It is not a realm.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use futures_util::{SinkExt, StreamExt};
+use mtor_harness::contract::Contract;
+use mtor_harness::wire::{event, new_id};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+/// One realistic bug each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Defect {
+    /// Frames that are not JSON are silently ignored.
+    IgnoreBadJson,
+    /// Any bad frame closes the connection.
+    CloseOnBadFrame,
+    /// Binary frames are parsed as if they were text.
+    AcceptBinary,
+    /// Every frame-level problem is answered with INVALID_EVENT.
+    OneErrorCodeForAll,
+    /// No size check of its own: the WebSocket layer's limit closes the connection.
+    NoFrameLimit,
+    /// No depth check: a deep document kills the connection's task.
+    NoDepthLimit,
+    /// Unknown types are ignored.
+    IgnoreUnknownType,
+    /// Session proofs are not verified.
+    AcceptForgedProof,
+    /// Events are accepted before a session exists.
+    NoAuthRequired,
+    /// Worker messages are accepted on the client channel.
+    NoChannelCheck,
+    /// Error events carry `ref: null` even when the frame id was readable.
+    NoRef,
+    /// The manifest lacks the licence.
+    ManifestWithoutLicence,
+    /// Health never lists workers.
+    HealthWithoutWorkers,
+    /// Health keeps a disconnected worker healthy.
+    HealthKeepsDeadWorkers,
+    /// A metric is missing.
+    MetricsMissingSeries,
+    /// `session.ready` carries a wrong-typed field.
+    EmitWrongTypedField,
+}
+
+#[derive(Default)]
+struct State {
+    workers: BTreeMap<String, bool>,
+}
+
+/// A running test double.
+pub struct FakeRealm {
+    /// `127.0.0.1:PORT`.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeRealm {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The realm id the double announces in challenges.
+pub const REALM_ID: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+/// The enrolment token it accepts.
+pub const TOKEN: &str = "fake-realm-enrolment-token";
+
+/// Starts the double on an ephemeral loopback port.
+pub async fn start(defect: Option<Defect>) -> FakeRealm {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    let state = Arc::new(Mutex::new(State::default()));
+    let contract = Arc::new(Contract::embedded().expect("contract"));
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let state = state.clone();
+            let contract = contract.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(60),
+                    serve(stream, defect, state, contract),
+                )
+                .await;
+            });
+        }
+    });
+    FakeRealm { addr, task }
+}
+
+async fn serve(
+    stream: TcpStream,
+    defect: Option<Defect>,
+    state: Arc<Mutex<State>>,
+    contract: Arc<Contract>,
+) {
+    let mut buf = vec![0u8; 8192];
+    let head = loop {
+        let Ok(n) = stream.peek(&mut buf).await else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.contains("\r\n\r\n") || n == buf.len() {
+            break text;
+        }
+        if n == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    match path.as_str() {
+        "/v1/client" | "/v1/worker" => {
+            let limit = if defect == Some(Defect::NoFrameLimit) {
+                1 << 20
+            } else {
+                64 << 20
+            };
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(limit))
+                .max_frame_size(Some(limit));
+            let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await
+            else {
+                return;
+            };
+            socket(ws, path == "/v1/worker", defect, state, contract).await;
+        }
+        _ => http(stream, &path, defect, &state).await,
+    }
+}
+
+async fn http(mut stream: TcpStream, path: &str, defect: Option<Defect>, state: &Mutex<State>) {
+    let mut sink = vec![0u8; 8192];
+    let _ = stream.read(&mut sink).await;
+    let root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/corpus/valid/rest/"
+    );
+    let (status, body) = match path {
+        "/v1/manifest" => {
+            let mut m: Value = serde_json::from_str(
+                &std::fs::read_to_string(format!("{root}manifest.json")).unwrap_or_default(),
+            )
+            .unwrap_or(Value::Null);
+            if defect == Some(Defect::ManifestWithoutLicence) {
+                if let Some(o) = m.as_object_mut() {
+                    o.remove("licence");
+                }
+            }
+            (200, m.to_string())
+        }
+        "/v1/health" => {
+            let mut h: Value = serde_json::from_str(
+                &std::fs::read_to_string(format!("{root}health.json")).unwrap_or_default(),
+            )
+            .unwrap_or(Value::Null);
+            let template = h["workers"].get(0).cloned().unwrap_or(Value::Null);
+            let workers: Vec<Value> = if defect == Some(Defect::HealthWithoutWorkers) {
+                Vec::new()
+            } else {
+                let s = state.lock().expect("state");
+                s.workers
+                    .iter()
+                    .filter(|(_, alive)| **alive || defect == Some(Defect::HealthKeepsDeadWorkers))
+                    .map(|(id, _)| {
+                        let mut w = template.clone();
+                        w["worker_id"] = json!(id);
+                        w["state"] = json!("healthy");
+                        w
+                    })
+                    .collect()
+            };
+            h["workers"] = json!(workers);
+            (200, h.to_string())
+        }
+        "/metrics" => {
+            let mut names = vec![
+                "mtor_queue_depth 0",
+                "mtor_intents_admitted_total 0",
+                "mtor_intents_rejected_total{code=\"QUEUE_FULL\"} 0",
+                "mtor_tasks_dispatched_total 0",
+                "mtor_tasks_redispatched_total 0",
+                "mtor_intents_dead_lettered_total 0",
+                "mtor_intent_latency_seconds_count 0",
+                "mtor_ledger_commit_batch_size_count 0",
+                "mtor_workers{state=\"healthy\"} 0",
+            ];
+            if defect == Some(Defect::MetricsMissingSeries) {
+                names.retain(|n| !n.starts_with("mtor_tasks_redispatched_total"));
+            }
+            (200, names.join("\n") + "\n")
+        }
+        _ => (
+            404,
+            "{\"code\":\"NOT_FOUND\",\"message\":\"no such endpoint\"}".to_owned(),
+        ),
+    };
+    let reply = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(reply.as_bytes()).await;
+}
+
+fn depth(text: &str) -> usize {
+    let (mut d, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
+    for c in text.chars() {
+        if in_str {
+            match (esc, c) {
+                (true, _) => esc = false,
+                (false, '\\') => esc = true,
+                (false, '"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_str = true,
+            '{' | '[' => {
+                d += 1;
+                max = max.max(d);
+            }
+            '}' | ']' => d = d.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+const WORKER_TYPES: &[&str] = &[
+    "worker.register",
+    "worker.heartbeat",
+    "task.progress",
+    "task.result",
+    "task.failure",
+    "worker.drain",
+];
+
+async fn socket(
+    mut ws: tokio_tungstenite::WebSocketStream<TcpStream>,
+    worker_channel: bool,
+    defect: Option<Defect>,
+    state: Arc<Mutex<State>>,
+    contract: Arc<Contract>,
+) {
+    let is = |d: Defect| defect == Some(d);
+    let mut pending: Option<(String, String)> = None; // (key, nonce)
+    let mut session: Option<String> = None;
+    let mut worker_id: Option<String> = None;
+    while let Some(Ok(msg)) = ws.next().await {
+        let text = match msg {
+            Message::Text(t) => t.to_string(),
+            Message::Binary(b) if is(Defect::AcceptBinary) => {
+                String::from_utf8_lossy(&b).into_owned()
+            }
+            Message::Binary(_) => {
+                if is(Defect::CloseOnBadFrame) {
+                    break;
+                }
+                let code = if is(Defect::OneErrorCodeForAll) {
+                    "INVALID_EVENT"
+                } else {
+                    "BAD_UTF8"
+                };
+                let _ = ws.send(Message::text(error(code, None).to_string())).await;
+                continue;
+            }
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        let reply = |code: &str, r: Option<&str>| {
+            let code = if is(Defect::OneErrorCodeForAll) {
+                "INVALID_EVENT"
+            } else {
+                code
+            };
+            let reference = if is(Defect::NoRef) { None } else { r };
+            let mut e = error(code, reference);
+            e["corr"] = json!(r);
+            e
+        };
+        if text.len() > (1 << 20) {
+            let e = reply("FRAME_TOO_LARGE", None);
+            if is(Defect::CloseOnBadFrame) {
+                break;
+            }
+            let _ = ws.send(Message::text(e.to_string())).await;
+            continue;
+        }
+        if depth(&text) > 32 {
+            if is(Defect::NoDepthLimit) {
+                break; // the connection task "crashes"
+            }
+            if is(Defect::CloseOnBadFrame) {
+                break;
+            }
+            let _ = ws
+                .send(Message::text(reply("TOO_DEEP", None).to_string()))
+                .await;
+            continue;
+        }
+        let Ok(ev) = serde_json::from_str::<Value>(&text) else {
+            if is(Defect::IgnoreBadJson) {
+                continue;
+            }
+            if is(Defect::CloseOnBadFrame) {
+                break;
+            }
+            let _ = ws
+                .send(Message::text(reply("BAD_JSON", None).to_string()))
+                .await;
+            continue;
+        };
+        let id = ev["id"].as_str().map(str::to_owned);
+        let kind = ev["type"].as_str().unwrap_or("").to_owned();
+        let answer = |e: Value| e;
+        if ev["proto"] != "MTOR/1" {
+            let _ = ws
+                .send(Message::text(
+                    reply("UNSUPPORTED_PROTOCOL", id.as_deref()).to_string(),
+                ))
+                .await;
+            continue;
+        }
+        if !contract.message_types().any(|t| t == kind) {
+            if is(Defect::IgnoreUnknownType) {
+                continue;
+            }
+            let _ = ws
+                .send(Message::text(
+                    reply("UNKNOWN_TYPE", id.as_deref()).to_string(),
+                ))
+                .await;
+            continue;
+        }
+        if !worker_channel && WORKER_TYPES.contains(&kind.as_str()) && !is(Defect::NoChannelCheck) {
+            let _ = ws
+                .send(Message::text(
+                    reply("WRONG_CHANNEL", id.as_deref()).to_string(),
+                ))
+                .await;
+            continue;
+        }
+        if !contract.validate_event(&ev).is_empty() {
+            if is(Defect::CloseOnBadFrame) {
+                break;
+            }
+            let _ = ws
+                .send(Message::text(
+                    reply("INVALID_EVENT", id.as_deref()).to_string(),
+                ))
+                .await;
+            continue;
+        }
+        let out = match kind.as_str() {
+            "session.hello" | "worker.register" => {
+                if kind == "worker.register" && ev["body"]["token"] != TOKEN {
+                    reply("BAD_TOKEN", id.as_deref())
+                } else {
+                    let key = ev["body"]["wallet"]
+                        .as_str()
+                        .or(ev["body"]["worker_key"].as_str())
+                        .unwrap_or("")
+                        .to_owned();
+                    let nonce = new_id() + &new_id();
+                    pending = Some((key, nonce.clone()));
+                    event(
+                        "session.challenge",
+                        id.as_deref(),
+                        json!({"nonce": nonce, "realm_id": REALM_ID, "expires_at": "2099-01-01T00:00:00Z"}),
+                    )
+                }
+            }
+            "session.proof" => match pending.take() {
+                None => reply("UNAUTHENTICATED", id.as_deref()),
+                Some((key, nonce)) => {
+                    let ok = is(Defect::AcceptForgedProof)
+                        || verify(
+                            &key,
+                            &format!("MTOR/1 session\n{REALM_ID}\n{nonce}\n{key}"),
+                            ev["body"]["signature"].as_str().unwrap_or(""),
+                        );
+                    if !ok {
+                        reply("BAD_SIGNATURE", id.as_deref())
+                    } else if worker_channel {
+                        let wid = new_id();
+                        state
+                            .lock()
+                            .expect("state")
+                            .workers
+                            .insert(wid.clone(), true);
+                        worker_id = Some(wid.clone());
+                        event(
+                            "worker.enrolled",
+                            id.as_deref(),
+                            json!({"worker_id": wid, "heartbeat_interval_ms": 500, "lease_ms": 10000, "max_attempts": 3}),
+                        )
+                    } else {
+                        session = Some(key.clone());
+                        let limits = if is(Defect::EmitWrongTypedField) {
+                            json!({"max_frame_bytes": "1MiB", "max_depth": 32, "rate_per_s": 100, "burst": 200})
+                        } else {
+                            json!({"max_frame_bytes": 1048576, "max_depth": 32, "rate_per_s": 100, "burst": 200})
+                        };
+                        event(
+                            "session.ready",
+                            id.as_deref(),
+                            json!({"wallet": key, "session_id": new_id(), "roles": ["wallet"], "limits": limits}),
+                        )
+                    }
+                }
+            },
+            "worker.heartbeat" => continue,
+            _ if session.is_none() && !worker_channel && !is(Defect::NoAuthRequired) => {
+                reply("UNAUTHENTICATED", id.as_deref())
+            }
+            "intent.fetch" => reply("NOT_FOUND", id.as_deref()),
+            "intent.submit" => event(
+                "intent.rejected",
+                id.as_deref(),
+                json!({"idempotency_key": ev["body"]["idempotency_key"], "code": "INFEASIBLE", "message": "no worker"}),
+            ),
+            _ => reply("FORBIDDEN", id.as_deref()),
+        };
+        let out = answer(out);
+        if ws.send(Message::text(out.to_string())).await.is_err() {
+            break;
+        }
+    }
+    if let Some(w) = worker_id {
+        state.lock().expect("state").workers.insert(w, false);
+    }
+}
+
+fn error(code: &str, r: Option<&str>) -> Value {
+    event(
+        "error",
+        r,
+        json!({"code": code, "message": format!("{code}"), "ref": r}),
+    )
+}
+
+fn verify(key_hex: &str, message: &str, sig_hex: &str) -> bool {
+    let (Ok(k), Ok(s)) = (hex::decode(key_hex), hex::decode(sig_hex)) else {
+        return false;
+    };
+    let (Ok(k), Ok(s)) = (<[u8; 32]>::try_from(k), <[u8; 64]>::try_from(s)) else {
+        return false;
+    };
+    let Ok(key) = VerifyingKey::from_bytes(&k) else {
+        return false;
+    };
+    key.verify(message.as_bytes(), &Signature::from_bytes(&s))
+        .is_ok()
+}

@@ -1,0 +1,11 @@
+//! `mtor-realm`: the MTOR/1 reference realm, as a library so that its parts are testable alone.
+//!
+//! The realm never links harness code; it agrees with the harness only through the wire contract
+//! in `fixtures/schemas`.
+
+pub mod audit;
+pub mod lease;
+pub mod ledger;
+pub mod queue;
+pub mod registry;
+pub mod store;
