@@ -333,6 +333,11 @@ fn run_command(contract: &Contract, args: RunArgs) -> ExitCode {
             }
         },
     };
+    if let TargetSpec::Url(url) = &target {
+        if let Err(e) = target::Target::normalise(url) {
+            return usage(format!("--realm: {e}"));
+        }
+    }
     let only = match &args.rerun_failed {
         None => None,
         Some(dir) => match bundle::failed_cases(dir) {

@@ -248,6 +248,9 @@ impl Target {
         ready: Duration,
     ) -> Result<Self, TargetError> {
         let port = free_port().map_err(|e| TargetError::Io("pick a free port".into(), e))?;
+        // Absolute, so the realm finds it whatever its own working directory.
+        let work_dir = &std::path::absolute(work_dir)
+            .map_err(|e| TargetError::Io(work_dir.display().to_string(), e))?;
         let data_dir = work_dir.join("realm-data");
         std::fs::create_dir_all(&data_dir)
             .map_err(|e| TargetError::Io(data_dir.display().to_string(), e))?;
