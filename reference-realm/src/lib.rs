@@ -4,8 +4,16 @@
 //! in `fixtures/schemas`.
 
 pub mod audit;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod identity;
+pub mod intents;
 pub mod lease;
 pub mod ledger;
 pub mod queue;
 pub mod registry;
+pub mod server;
 pub mod store;
+pub mod wire;
+pub mod worker;
