@@ -23,3 +23,11 @@ cargo test --workspace --locked
 
 step "independent contract check (python-jsonschema, not our validator)"
 python3 ci/check-contract.py
+
+step "the harness certifies the reference realm (every case must PASS, and the bundle verify)"
+cargo build --workspace --bins --locked
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+# --mode certification: no SKIP allowed, UNKNOWN is not a pass; exit 0 only if every case passed.
+target/debug/mtor-cert run --mode certification --out "$out/bundle"
+target/debug/mtor-cert verify "$out/bundle.tar.gz"

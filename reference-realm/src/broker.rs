@@ -2225,11 +2225,10 @@ fn read_binding_on(
     wallet: &str,
     key: &str,
 ) -> Result<Option<StoredIntent>, BrokerError> {
-    c.query_row(
-        &format!("{SELECT_INTENT} WHERE wallet = ?1 AND idempotency_key = ?2"),
-        params![wallet, key],
-        stored_intent,
-    )
+    c.prepare_cached(&format!(
+        "{SELECT_INTENT} WHERE wallet = ?1 AND idempotency_key = ?2"
+    ))?
+    .query_row(params![wallet, key], stored_intent)
     .optional()
     .map_err(BrokerError::from)
 }

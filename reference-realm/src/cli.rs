@@ -60,10 +60,13 @@ impl ClientSession {
     /// Connects to `realm` (`ws://HOST:PORT`) and authenticates with `key`.
     pub async fn connect(realm: &str, key: &KeyPair) -> Result<Self, ClientError> {
         let url = format!("{}/v1/client", base(realm));
-        let (ws, _) = tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(url))
-            .await
-            .map_err(|_| ClientError::Timeout("connect"))?
-            .map_err(|e| ClientError::Net(e.to_string()))?;
+        let (ws, _) = tokio::time::timeout(
+            STEP_TIMEOUT,
+            tokio_tungstenite::connect_async_with_config(url, None, true),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout("connect"))?
+        .map_err(|e| ClientError::Net(e.to_string()))?;
         let wallet = key.public_hex();
         let mut s = Self {
             ws,

@@ -140,6 +140,11 @@ fn init_tracing() {
         .try_init();
 }
 
+/// Tasks each built-in worker runs at once. Tasks are async (CPU work such as analyze-signal
+/// runs on the blocking pool), so a slot costs little; too few slots make dispatch wait for
+/// settlement round trips instead of the CPU.
+const BUILTIN_CONCURRENCY: usize = 64;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -306,7 +311,7 @@ async fn up(overrides: Overrides, workers: Option<usize>) -> anyhow::Result<()> 
             realm: ws.clone(),
             token: token.clone(),
             intents: intents::CATALOG.iter().map(|s| s.name.to_owned()).collect(),
-            concurrency: 4,
+            concurrency: BUILTIN_CONCURRENCY,
             label: format!("builtin-{i}"),
             key,
         };

@@ -126,6 +126,14 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    use axum::serve::ListenerExt;
+    // Events are small frames written one at a time: with Nagle's algorithm each one after the
+    // first waits for the peer's delayed ACK (up to 40 ms on Linux).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await?;
@@ -724,13 +732,22 @@ async fn connection(socket: WebSocket, state: Arc<AppState>, channel: Channel) {
     let (mut sink, mut stream) = socket.split();
     let (out_tx, mut out_rx) = mpsc::channel::<String>(1024);
     let metrics_state = state.clone();
+    // LIM-8: every task.assign sent on a worker connection grants one token for its answer.
+    let lease_tokens = Arc::new(AtomicU64::new(0));
+    let granted = lease_tokens.clone();
     let writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval(PING_INTERVAL);
         ping.tick().await;
         loop {
             let msg = tokio::select! {
                 frame = out_rx.recv() => match frame {
-                    Some(f) => Message::Text(f.into()),
+                    Some(f) => {
+                        // Our own serialisation (wire::event) writes the type as exactly this.
+                        if channel == Channel::Worker && f.contains(r#""type":"task.assign""#) {
+                            granted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Message::Text(f.into())
+                    }
                     None => break,
                 },
                 _ = ping.tick() => Message::Ping(Vec::new().into()),
@@ -792,7 +809,12 @@ async fn connection(socket: WebSocket, state: Arc<AppState>, channel: Channel) {
         };
         state.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
         // Row 0: the token bucket comes first, so a flood costs no parsing beyond the id.
-        if let Err(ms) = bucket.take() {
+        let rate_limited = bucket.take().err().filter(|_| {
+            lease_tokens
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_err()
+        });
+        if let Some(ms) = rate_limited {
             state.metrics.error(Code::RateLimited);
             let ref_id = text
                 .as_ref()

@@ -288,7 +288,28 @@ impl Deref for WriteTx<'_> {
     }
 }
 
+/// Runs one statement through the connection's statement cache: the writer runs the same few
+/// statements thousands of times a second, and parsing them each time was a tenth of its CPU.
+fn cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 impl WriteTx<'_> {
+    /// `Connection::execute` through the statement cache (shadows the `Deref` method, so every
+    /// job's statements are prepared once per connection).
+    pub fn execute<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.conn.prepare_cached(sql)?.execute(params)
+    }
+
+    /// `Connection::query_row` through the statement cache.
+    pub fn query_row<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.conn.prepare_cached(sql)?.query_row(params, f)
+    }
+
     /// Runs `step` inside a nested savepoint: if it fails, everything it wrote is rolled back
     /// and the rest of the job (and the batch) carries on. Ledger and audit operations use this,
     /// so a job that handles their error and continues never keeps half an operation.
@@ -297,22 +318,18 @@ impl WriteTx<'_> {
         E: From<StoreError>,
         F: FnOnce(&WriteTx<'_>) -> Result<T, E>,
     {
-        self.conn
-            .execute_batch("SAVEPOINT mtor_step")
-            .map_err(|e| E::from(StoreError::Sqlite(e)))?;
+        cached(self.conn, "SAVEPOINT mtor_step").map_err(|e| E::from(StoreError::Sqlite(e)))?;
         match step(self) {
             Ok(value) => {
-                self.conn
-                    .execute_batch("RELEASE mtor_step")
+                cached(self.conn, "RELEASE mtor_step")
                     .map_err(|e| E::from(StoreError::Sqlite(e)))?;
                 Ok(value)
             }
             Err(err) => {
                 // If even the rollback fails, the transaction is unusable; the writer notices
                 // (autocommit or a failing RELEASE) and aborts the batch, so no half step commits.
-                if let Err(rollback) = self
-                    .conn
-                    .execute_batch("ROLLBACK TO mtor_step; RELEASE mtor_step")
+                if let Err(rollback) = cached(self.conn, "ROLLBACK TO mtor_step")
+                    .and_then(|()| cached(self.conn, "RELEASE mtor_step"))
                 {
                     error!(error = %rollback, "rolling back a nested step failed");
                 }
@@ -491,6 +508,8 @@ impl Store {
         let conn = open_connection(&path, &config, true)?;
         configure_writer(&conn, &path)?;
         apply_migrations(&conn, &migrations)?;
+        // Room for every statement the jobs run, so none is evicted and re-parsed.
+        conn.set_prepared_statement_cache_capacity(256);
 
         let (tx, rx) = mpsc::sync_channel::<Box<dyn Job>>(config.queue_capacity.max(1));
         let stats = Arc::new(StatsCell::default());
@@ -637,6 +656,7 @@ impl Store {
                 path: self.inner.path.clone(),
                 source: Box::new(source),
             })?;
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(conn)
     }
 
@@ -689,6 +709,15 @@ fn configure_writer(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         path: path.to_path_buf(),
         source: Box::new(source),
     };
+    // Every job runs in a savepoint, so each page a job first touches is copied to the
+    // statement sub-journal; in a temp file that was half the writer's I/O. In memory it is a
+    // copy, and it is never needed after a crash (the WAL alone decides what committed).
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(wrap)?;
+    // Checkpoint every ~16 MiB of WAL rather than 4 MiB: pages rewritten between checkpoints
+    // are copied back once, and the writer stalls four times less often.
+    conn.pragma_update(None, "wal_autocheckpoint", 4096)
+        .map_err(wrap)?;
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
         .map_err(wrap)?;
@@ -787,7 +816,7 @@ fn apply_migrations(conn: &Connection, list: &[Migration]) -> Result<(), StoreEr
 fn apply_one(conn: &Connection, m: &Migration) -> Result<(), rusqlite::Error> {
     // IMMEDIATE takes the write lock first, so two processes opening the same file at once
     // cannot both decide to apply the same migration.
-    conn.execute_batch("BEGIN IMMEDIATE")?;
+    cached(conn, "BEGIN IMMEDIATE")?;
     let result = (|| {
         let applied: Option<i64> = conn
             .query_row(
@@ -808,7 +837,7 @@ fn apply_one(conn: &Connection, m: &Migration) -> Result<(), rusqlite::Error> {
     })();
     match result {
         Ok(applied) => {
-            conn.execute_batch("COMMIT")?;
+            cached(conn, "COMMIT")?;
             if applied {
                 info!(
                     component = m.component,
@@ -854,11 +883,9 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, stats: &StatsCell
     let size = batch.len();
     let mut failed = 0usize;
     let outcome: Result<(), String> = (|| {
-        conn.execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| format!("BEGIN failed: {e}"))?;
+        cached(conn, "BEGIN IMMEDIATE").map_err(|e| format!("BEGIN failed: {e}"))?;
         for job in batch.iter_mut() {
-            conn.execute_batch("SAVEPOINT mtor_job")
-                .map_err(|e| format!("SAVEPOINT failed: {e}"))?;
+            cached(conn, "SAVEPOINT mtor_job").map_err(|e| format!("SAVEPOINT failed: {e}"))?;
             let ok = job.run(&WriteTx { conn });
             if conn.is_autocommit() {
                 // SQLite rolls a transaction back by itself after some errors (disk full, I/O
@@ -866,16 +893,15 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, stats: &StatsCell
                 return Err("the transaction ended inside a job (SQLite rolled it back)".to_owned());
             }
             if ok {
-                conn.execute_batch("RELEASE mtor_job")
-                    .map_err(|e| format!("RELEASE failed: {e}"))?;
+                cached(conn, "RELEASE mtor_job").map_err(|e| format!("RELEASE failed: {e}"))?;
             } else {
                 failed += 1;
-                conn.execute_batch("ROLLBACK TO mtor_job; RELEASE mtor_job")
+                cached(conn, "ROLLBACK TO mtor_job")
+                    .and_then(|()| cached(conn, "RELEASE mtor_job"))
                     .map_err(|e| format!("rolling back a failed job failed: {e}"))?;
             }
         }
-        conn.execute_batch("COMMIT")
-            .map_err(|e| format!("COMMIT failed: {e}"))
+        cached(conn, "COMMIT").map_err(|e| format!("COMMIT failed: {e}"))
     })();
     let abort = outcome.err();
     if let Some(reason) = &abort {

@@ -146,10 +146,13 @@ async fn connection(
     url: &str,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<bool, WorkerError> {
-    let (ws, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::connect_async(url))
-        .await
-        .map_err(|_| WorkerError::Connection("connect timed out".to_owned()))?
-        .map_err(|e| WorkerError::Connection(e.to_string()))?;
+    let (ws, _) = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(url, None, true),
+    )
+    .await
+    .map_err(|_| WorkerError::Connection("connect timed out".to_owned()))?
+    .map_err(|e| WorkerError::Connection(e.to_string()))?;
     let (mut sink, mut stream) = ws.split();
     let key = opts.key.public_hex();
     let register = frame(
