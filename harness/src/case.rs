@@ -22,6 +22,7 @@ pub const KINDS: &[&str] = &[
     "all-events-valid",
     "http-endpoint",
     "health-reflects-worker",
+    "generated-events",
 ];
 
 /// What a driver needs.
@@ -36,18 +37,20 @@ pub struct Ctx<'a> {
     pub deadline: Instant,
     /// The run's seed mixed with the case id, for reproducible inputs.
     pub seed: u64,
+    /// The run's own seed (`--seed`), for reproduce commands and replay files.
+    pub run_seed: u64,
 }
 
 impl Ctx<'_> {
-    fn note(&self, text: String) -> u64 {
+    pub(crate) fn note(&self, text: String) -> u64 {
         self.journal.log(Some(&self.spec.id), Entry::Note { text })
     }
 
-    fn mark(&self, name: &str, value: &str) -> u64 {
+    pub(crate) fn mark(&self, name: &str, value: &str) -> u64 {
         self.note(format!("{MARK}{name}:{value}"))
     }
 
-    fn abort(&self, why: impl std::fmt::Display) {
+    pub(crate) fn abort(&self, why: impl std::fmt::Display) {
         self.note(format!("{ABORT} {why}"));
     }
 
@@ -56,11 +59,11 @@ impl Ctx<'_> {
     }
 
     /// A deadline `ms` from now, but never past the case's budget.
-    fn within(&self, ms: u64) -> Instant {
+    pub(crate) fn within(&self, ms: u64) -> Instant {
         (Instant::now() + Duration::from_millis(ms)).min(self.deadline)
     }
 
-    fn client_url(&self) -> String {
+    pub(crate) fn client_url(&self) -> String {
         format!("{}/v1/client", self.target.ws_base)
     }
 
@@ -92,6 +95,7 @@ pub async fn drive(ctx: &Ctx<'_>) {
             .await;
         }
         "health-reflects-worker" => health_reflects_worker(ctx).await,
+        "generated-events" => crate::generate::drive(ctx).await,
         other => ctx.abort(format!("this harness has no driver for kind `{other}`")),
     }
 }

@@ -7,6 +7,7 @@
 use serde_json::Value;
 
 use crate::contract::Contract;
+use crate::generate::{self, AttemptJudgement, AttemptVerdict, Item};
 use crate::journal::{Dir, Entry, Record};
 use crate::plan::CaseSpec;
 use crate::verdict::{Evidence, Verdict};
@@ -160,6 +161,7 @@ pub fn check(spec: &CaseSpec, all: &[Record], contract: &Contract) -> Judgement 
         "all-events-valid" => check_all_events(spec, all, contract),
         "http-endpoint" => check_http(spec, &records, contract),
         "health-reflects-worker" => check_health_worker(spec, &records),
+        "generated-events" => check_generated(&records, contract),
         other => Judgement::new(
             Outcome::Unknown,
             format!("no checker for case kind `{other}` in this harness version"),
@@ -574,5 +576,222 @@ fn check_health_worker(spec: &CaseSpec, records: &[&Record]) -> Judgement {
             "health still listed the disconnected worker as healthy",
             "state stayed `healthy`",
         ),
+    }
+}
+
+/// One generated attempt as the journal holds it.
+struct GenAttempt {
+    n: usize,
+    mutation: String,
+    sent: Option<(u64, String)>,
+    judgement: AttemptJudgement,
+}
+
+/// The generated attempts of a case: each runs from its `gen-try` marker to the next `gen-try`
+/// or `gen-done` marker; its frames are those of the connection the marker names.
+fn generated_attempts(records: &[&Record], contract: &Contract) -> Vec<GenAttempt> {
+    let boundary = |r: &Record| {
+        note(r, MARK).is_some_and(|m| m.starts_with("gen-try:") || m.starts_with("gen-done:"))
+    };
+    let mut out = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let Some(value) = note(r, MARK).and_then(|m| m.strip_prefix("gen-try:")) else {
+            continue;
+        };
+        let mut parts = value.splitn(4, ':');
+        let n = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let conn: u32 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let probe_id = parts.next().unwrap_or_default();
+        let mutation = parts.next().unwrap_or_default().to_owned();
+        let end = records[i + 1..]
+            .iter()
+            .position(|r| boundary(r))
+            .map_or(records.len(), |p| i + 1 + p);
+        let mut sent = None;
+        let mut items = Vec::new();
+        for r in &records[i + 1..end] {
+            match &r.entry {
+                Entry::Frame {
+                    conn: c,
+                    dir: Dir::Send,
+                    data,
+                } if *c == conn && sent.is_none() => sent = Some((r.seq, data.clone())),
+                Entry::Frame {
+                    conn: c,
+                    dir: Dir::Recv,
+                    data,
+                } if *c == conn => items.push(Item::Frame {
+                    seq: r.seq,
+                    event: serde_json::from_str(data).ok(),
+                }),
+                Entry::Conn {
+                    conn: c,
+                    event,
+                    detail,
+                } if *c == conn && event == "closed" => items.push(Item::Closed {
+                    seq: Some(r.seq),
+                    detail: detail.clone(),
+                }),
+                _ => {}
+            }
+        }
+        let judgement = match sent
+            .as_ref()
+            .and_then(|(_, text)| serde_json::from_str::<Value>(text).ok())
+        {
+            Some(event) => generate::judge_attempt(contract, &event, probe_id, &items),
+            None => AttemptJudgement {
+                verdict: AttemptVerdict::Inconclusive,
+                why: "the event was never sent".into(),
+                expected: String::new(),
+                answer: String::new(),
+                seqs: Vec::new(),
+            },
+        };
+        out.push(GenAttempt {
+            n,
+            mutation,
+            sent,
+            judgement,
+        });
+    }
+    out
+}
+
+/// Generated events: every invalid one gets the code the spec requires, every valid one a
+/// proper reply, every event the realm sends is valid, and the connection keeps working.
+fn check_generated(records: &[&Record], contract: &Contract) -> Judgement {
+    let attempts = generated_attempts(records, contract);
+    let seed = mark(records, "gen-seed")
+        .and_then(|(_, v)| v.split(':').next())
+        .unwrap_or("?")
+        .to_owned();
+    let done = mark(records, "gen-done").map(|(_, v)| v.to_owned());
+    if attempts.is_empty() {
+        return Judgement::new(
+            Outcome::Unknown,
+            "no generated event was sent",
+            done.map_or_else(|| "nothing sent".to_owned(), |d| format!("generator: {d}")),
+        );
+    }
+    let failing: Vec<&GenAttempt> = attempts
+        .iter()
+        .filter(|a| a.judgement.verdict == AttemptVerdict::Fail)
+        .collect();
+    let conclusive: Vec<&GenAttempt> = attempts
+        .iter()
+        .filter(|a| a.judgement.verdict != AttemptVerdict::Inconclusive)
+        .collect();
+    let invalid = conclusive.iter().filter(|a| !a.mutation.is_empty()).count();
+    let seqs = |a: &GenAttempt| -> Vec<u64> {
+        a.sent
+            .iter()
+            .map(|(s, _)| *s)
+            .chain(a.judgement.seqs.iter().copied())
+            .collect()
+    };
+    if let Some(first) = failing.first() {
+        let named: Option<usize> = mark(records, "gen-minimal").and_then(|(_, v)| v.parse().ok());
+        let size = |a: &GenAttempt| a.sent.as_ref().map_or(usize::MAX, |(_, t)| t.len());
+        // The driver names proptest's minimal case; if the journal does not back that up, the
+        // smallest failing event is the witness.
+        let witness = named
+            .and_then(|n| failing.iter().find(|a| a.n == n))
+            .or_else(|| failing.iter().min_by_key(|a| (size(a), usize::MAX - a.n)))
+            .copied()
+            .unwrap_or(first);
+        let kind = if witness.mutation.is_empty() {
+            "valid".to_owned()
+        } else {
+            format!("invalid ({})", witness.mutation)
+        };
+        let replay = mark(records, "gen-replay")
+            .map(|(_, f)| format!("\nreplay file: {f}"))
+            .unwrap_or_default();
+        let observed = format!(
+            "minimal failing event (attempt {} of {}, run seed {seed}, first failure at attempt {}):\n{}\nmutation: {}\nexpected: {}\nanswered: {}{replay}",
+            witness.n,
+            attempts.len(),
+            first.n,
+            witness.sent.as_ref().map_or("", |(_, t)| t.as_str()),
+            if witness.mutation.is_empty() { "none (a valid event)" } else { &witness.mutation },
+            witness.judgement.expected,
+            witness.judgement.answer,
+        );
+        let mut j = Judgement::new(
+            Outcome::Broken,
+            format!(
+                "a generated event got a wrong answer at attempt {} ({} attempts in all, shrinking included); minimal {kind} event: {}",
+                first.n,
+                attempts.len(),
+                witness.judgement.why
+            ),
+            observed,
+        )
+        .with(
+            "minimal failing event and the realm's answer",
+            seqs(witness),
+        );
+        if first.n != witness.n {
+            j = j.with("first failing event, before shrinking", seqs(first));
+        }
+        return j;
+    }
+    match done.as_deref() {
+        None => Judgement::new(
+            Outcome::Unknown,
+            "the generator did not finish",
+            format!("{} attempts, none failing", attempts.len()),
+        ),
+        Some(d) if d.contains(":aborted:") => Judgement::new(
+            Outcome::Unknown,
+            format!(
+                "the generator gave up: {}",
+                d.split_once(":aborted:").map_or(d, |(_, r)| r)
+            ),
+            format!(
+                "{} attempts, {} conclusive, none failing",
+                attempts.len(),
+                conclusive.len()
+            ),
+        ),
+        Some(_) if conclusive.is_empty() => Judgement::new(
+            Outcome::Unknown,
+            "no generated event got a conclusive answer (all were rate-limited)",
+            format!("{} attempts", attempts.len()),
+        ),
+        Some(d) if d.ends_with(":failed") => Judgement::new(
+            Outcome::Unknown,
+            "the driver reported a failure that the journal does not show",
+            format!("{} attempts, none failing", attempts.len()),
+        ),
+        Some(d) => {
+            let budget = if d.ends_with(":budget") {
+                " (the time budget ended generation early)"
+            } else {
+                ""
+            };
+            Judgement::new(
+                Outcome::Pass,
+                format!(
+                    "{} generated events ({} valid, {invalid} invalid) all got the answers the spec requires{budget}",
+                    conclusive.len(),
+                    conclusive.len() - invalid
+                ),
+                format!(
+                    "{} attempts, run seed {seed}, 0 failing, {} inconclusive",
+                    attempts.len(),
+                    attempts.len() - conclusive.len()
+                ),
+            )
+            .with(
+                "first and last generated events",
+                [attempts.first(), attempts.last()]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.sent.as_ref().map(|(s, _)| *s))
+                    .collect(),
+            )
+        }
     }
 }

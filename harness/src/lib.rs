@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod case;
 pub mod checker;
 pub mod contract;
+pub mod generate;
 pub mod journal;
 pub mod lint;
 pub mod plan;

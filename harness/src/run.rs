@@ -236,6 +236,7 @@ pub async fn run(opts: &RunOptions, contract: &Contract) -> Result<RunOutput, Ru
                     spec,
                     deadline: Instant::now() + budget,
                     seed: case_seed(opts.seed, &spec.id),
+                    run_seed: opts.seed,
                 };
                 // The budget is enforced here too, not only by each wait inside the driver.
                 if tokio::time::timeout(budget + Duration::from_millis(500), case::drive(&ctx))

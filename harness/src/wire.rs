@@ -366,6 +366,22 @@ impl Conn {
         self.backlog.iter()
     }
 
+    /// Forgets the frames no wait consumed; returns how many there were.
+    pub fn clear_backlog(&mut self) -> usize {
+        let n = self.backlog.len();
+        self.backlog.clear();
+        n
+    }
+
+    /// The next frame in arrival order: the oldest one no wait consumed, else the next from the
+    /// wire. A case that must see every frame (and in the journal's order) reads with this.
+    pub async fn next_frame(&mut self, deadline: Instant) -> Result<Received, WireError> {
+        if let Some(r) = self.backlog.pop_front() {
+            return Ok(r);
+        }
+        self.recv_wire(deadline).await
+    }
+
     /// Closes the connection politely (best effort, bounded).
     pub async fn close(mut self) {
         let deadline = Instant::now() + Duration::from_millis(500);

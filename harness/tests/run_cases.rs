@@ -101,6 +101,7 @@ defect_test!(
         "events.deep-nesting",
         "events.missing-field",
         "events.wrong-typed-field",
+        "events.generated",
     ]
 );
 defect_test!(
@@ -122,6 +123,7 @@ defect_test!(
         "events.unauthenticated",
         "events.wrong-channel",
         "events.forged-session",
+        "events.generated",
     ]
 );
 defect_test!(
@@ -137,7 +139,7 @@ defect_test!(
 defect_test!(
     ignoring_unknown_types_is_caught,
     Defect::IgnoreUnknownType,
-    ["events.unknown-type"]
+    ["events.unknown-type", "events.generated"]
 );
 defect_test!(
     accepting_forged_proofs_is_caught,
@@ -152,7 +154,7 @@ defect_test!(
 defect_test!(
     no_channel_check_is_caught,
     Defect::NoChannelCheck,
-    ["events.wrong-channel"]
+    ["events.wrong-channel", "events.generated"]
 );
 defect_test!(
     errors_without_ref_are_caught,
@@ -164,7 +166,13 @@ defect_test!(
         "events.wrong-typed-field",
         "events.unauthenticated",
         "events.wrong-channel",
+        "events.generated",
     ]
+);
+defect_test!(
+    accepting_undeclared_body_members_is_caught,
+    Defect::AcceptExtraBodyField,
+    ["events.generated"]
 );
 defect_test!(
     a_manifest_without_licence_is_caught,
@@ -214,4 +222,118 @@ async fn an_address_where_nothing_listens_gives_unknown_everywhere_quickly() {
         .cases
         .iter()
         .all(|c| c.reason.contains("unreachable")));
+}
+
+/// The events the generated case sent, in order, as the journal holds them.
+fn generated_frames(journal: &std::path::Path) -> Vec<String> {
+    use mtor_harness::journal::{self, Dir, Entry};
+    let records = journal::read(journal).expect("journal");
+    let mut out = Vec::new();
+    let mut want: Option<u32> = None;
+    for r in &records {
+        match &r.entry {
+            Entry::Note { text } => {
+                if let Some(v) = text.strip_prefix("mark:gen-try:") {
+                    want = v.split(':').nth(1).and_then(|c| c.parse().ok());
+                }
+            }
+            Entry::Frame {
+                conn,
+                dir: Dir::Send,
+                data,
+            } if Some(*conn) == want => {
+                out.push(data.clone());
+                want = None;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn marker(journal: &std::path::Path, name: &str) -> Option<String> {
+    use mtor_harness::journal::{self, Entry};
+    let prefix = format!("mark:{name}:");
+    journal::read(journal)
+        .expect("journal")
+        .into_iter()
+        .find_map(|r| match r.entry {
+            Entry::Note { text } => text.strip_prefix(&prefix).map(str::to_owned),
+            _ => None,
+        })
+}
+
+async fn run_generated(defect: Option<Defect>, name: &str, seed: u64) -> run::RunOutput {
+    let realm = fake_realm::start(defect).await;
+    let mut opts = options(format!("ws://{}", realm.addr), name);
+    opts.include = Some("events.generated".into());
+    opts.seed = seed;
+    let contract = Contract::embedded().expect("contract");
+    let output = run::run(&opts, &contract).await.expect("run completes");
+    let differing =
+        run::recheck(&opts.plan, &output.cases, &output.journal, &contract).expect("recheck");
+    assert!(differing.is_empty(), "{name}: {differing:?}");
+    output
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_failure_is_shrunk_replayable_and_signed() {
+    let output = run_generated(Some(Defect::AcceptExtraBodyField), "generated-shrunk", 42).await;
+    let case = &output.cases[0];
+    assert_eq!(case.verdict, Verdict::Fail, "{case:#?}");
+    assert!(case.observed.contains("minimal failing event"), "{case:#?}");
+    assert!(case.observed.contains("extra member /body/"), "{case:#?}");
+    assert!(!case.evidence.is_empty());
+
+    // The shrunk witness is no bigger than the first failing input.
+    let frames = generated_frames(&output.journal);
+    let nth = |name: &str| -> usize {
+        marker(&output.journal, name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} marker"))
+    };
+    let (first, minimal) = (nth("gen-first-failure"), nth("gen-minimal"));
+    assert!(minimal >= first);
+    let (first, minimal) = (&frames[first - 1], &frames[minimal - 1]);
+    assert!(minimal.len() <= first.len(), "{minimal}\nvs first\n{first}");
+    assert!(case.observed.contains(minimal.as_str()), "{case:#?}");
+
+    // The replay file names the seed and the minimal event, and the signed bundle lists it.
+    let dir = output.journal.parent().expect("out dir").to_owned();
+    let name = mtor_harness::generate::replay_file_name("events.generated");
+    let replay = std::fs::read_to_string(dir.join(&name)).expect("replay file");
+    let lines: Vec<serde_json::Value> = replay
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("ndjson"))
+        .collect();
+    assert_eq!(lines[0]["seed"], 42);
+    assert_eq!(lines[1]["role"], "minimal");
+    assert_eq!(lines[1]["event"].to_string(), *minimal);
+    let plan = Plan::find("mtor-1.0/standard").expect("plan");
+    let results =
+        mtor_harness::report::RunResults::from_run(&plan, Mode::Ci, 42, &output).expect("results");
+    let key = mtor_harness::bundle::generate_run_key().expect("key");
+    let info =
+        mtor_harness::bundle::write_bundle(&dir, &results, &output.journal, &key).expect("bundle");
+    assert!(
+        info.files.iter().any(|f| f.path == name),
+        "{:?}",
+        info.files
+    );
+    let report = mtor_harness::bundle::verify_bundle(&info.archive).expect("verify");
+    assert!(report.is_valid(), "{:?}", report.problems);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_seed_sends_the_same_generated_events() {
+    let a = run_generated(Some(Defect::AcceptExtraBodyField), "generated-seed-a", 7).await;
+    let b = run_generated(Some(Defect::AcceptExtraBodyField), "generated-seed-b", 7).await;
+    let (fa, fb) = (generated_frames(&a.journal), generated_frames(&b.journal));
+    assert!(fa.len() > 10);
+    assert_eq!(fa, fb, "same seed, same events, same shrinking");
+    assert_eq!(a.cases[0].observed, b.cases[0].observed);
+    let c = run_generated(None, "generated-seed-c", 7).await;
+    assert_eq!(c.cases[0].verdict, Verdict::Pass, "{:#?}", c.cases[0]);
+    let d = run_generated(None, "generated-seed-d", 8).await;
+    assert_ne!(generated_frames(&c.journal), generated_frames(&d.journal));
 }

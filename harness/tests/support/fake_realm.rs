@@ -55,6 +55,9 @@ pub enum Defect {
     MetricsMissingSeries,
     /// `session.ready` carries a wrong-typed field.
     EmitWrongTypedField,
+    /// Undeclared members in the body of an `intent.*` request are ignored instead of refused
+    /// (a request struct deserialised without `deny_unknown_fields`).
+    AcceptExtraBodyField,
 }
 
 #[derive(Default)]
@@ -243,6 +246,32 @@ fn depth(text: &str) -> usize {
     max
 }
 
+/// What a client may send (section 3.1).
+const CLIENT_TYPES: &[&str] = &[
+    "session.hello",
+    "session.proof",
+    "intent.submit",
+    "intent.cancel",
+    "intent.fetch",
+    "wallet.mint",
+];
+
+/// The body members the client request types declare.
+const DECLARED_BODY_MEMBERS: &[&str] = &[
+    "intent_id",
+    "intent",
+    "input",
+    "max_cost",
+    "idempotency_key",
+    "priority",
+];
+
+fn is_uid(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 const WORKER_TYPES: &[&str] = &[
     "worker.register",
     "worker.heartbeat",
@@ -327,10 +356,18 @@ async fn socket(
                 .await;
             continue;
         };
-        let id = ev["id"].as_str().map(str::to_owned);
+        if !ev.is_object() {
+            let _ = ws
+                .send(Message::text(reply("INVALID_EVENT", None).to_string()))
+                .await;
+            continue;
+        }
+        // Section 14.3: an id is readable only when it is a `uid`.
+        let id = ev["id"].as_str().filter(|s| is_uid(s)).map(str::to_owned);
         let kind = ev["type"].as_str().unwrap_or("").to_owned();
+        let kind_is_string = ev["type"].is_string();
         let answer = |e: Value| e;
-        if ev["proto"] != "MTOR/1" {
+        if ev["proto"].is_string() && ev["proto"] != "MTOR/1" {
             let _ = ws
                 .send(Message::text(
                     reply("UNSUPPORTED_PROTOCOL", id.as_deref()).to_string(),
@@ -338,7 +375,7 @@ async fn socket(
                 .await;
             continue;
         }
-        if !contract.message_types().any(|t| t == kind) {
+        if kind_is_string && !contract.message_types().any(|t| t == kind) {
             if is(Defect::IgnoreUnknownType) {
                 continue;
             }
@@ -349,7 +386,16 @@ async fn socket(
                 .await;
             continue;
         }
-        if !worker_channel && WORKER_TYPES.contains(&kind.as_str()) && !is(Defect::NoChannelCheck) {
+        let inbound = if worker_channel {
+            WORKER_TYPES
+        } else {
+            CLIENT_TYPES
+        };
+        if kind_is_string
+            && !inbound.contains(&kind.as_str())
+            && kind != "session.proof"
+            && !is(Defect::NoChannelCheck)
+        {
             let _ = ws
                 .send(Message::text(
                     reply("WRONG_CHANNEL", id.as_deref()).to_string(),
@@ -357,15 +403,58 @@ async fn socket(
                 .await;
             continue;
         }
-        if !contract.validate_event(&ev).is_empty() {
+        // Rows 10 and 11 come before the schema.
+        let opening = matches!(
+            kind.as_str(),
+            "session.hello" | "session.proof" | "worker.register"
+        );
+        if kind_is_string
+            && !opening
+            && session.is_none()
+            && !worker_channel
+            && !is(Defect::NoAuthRequired)
+        {
+            let _ = ws
+                .send(Message::text(
+                    reply("UNAUTHENTICATED", id.as_deref()).to_string(),
+                ))
+                .await;
+            continue;
+        }
+        if kind == "wallet.mint" && session.is_some() {
+            let _ = ws
+                .send(Message::text(reply("FORBIDDEN", id.as_deref()).to_string()))
+                .await;
+            continue;
+        }
+        let checked = if is(Defect::AcceptExtraBodyField) && kind.starts_with("intent.") {
+            // The bug: undeclared body members are dropped before validation, not refused.
+            let mut lax = ev.clone();
+            if let Some(body) = lax.get_mut("body").and_then(Value::as_object_mut) {
+                body.retain(|k, _| DECLARED_BODY_MEMBERS.contains(&k.as_str()));
+            }
+            lax
+        } else {
+            ev.clone()
+        };
+        let violations = contract.validate_event(&checked);
+        if !violations.is_empty() {
             if is(Defect::CloseOnBadFrame) {
                 break;
             }
-            let _ = ws
-                .send(Message::text(
-                    reply("INVALID_EVENT", id.as_deref()).to_string(),
-                ))
-                .await;
+            // Section 8.1, check 2a: a bad intent input is a rejection, not an error event.
+            let out = if kind == "intent.submit"
+                && violations.iter().all(|v| v.schema.starts_with("intents/"))
+            {
+                event(
+                    "intent.rejected",
+                    id.as_deref(),
+                    json!({"idempotency_key": ev["body"]["idempotency_key"], "code": "INVALID_EVENT", "message": "input breaks its schema"}),
+                )
+            } else {
+                reply("INVALID_EVENT", id.as_deref())
+            };
+            let _ = ws.send(Message::text(out.to_string())).await;
             continue;
         }
         let out = match kind.as_str() {
@@ -427,10 +516,7 @@ async fn socket(
                 }
             },
             "worker.heartbeat" => continue,
-            _ if session.is_none() && !worker_channel && !is(Defect::NoAuthRequired) => {
-                reply("UNAUTHENTICATED", id.as_deref())
-            }
-            "intent.fetch" => reply("NOT_FOUND", id.as_deref()),
+            "intent.fetch" | "intent.cancel" => reply("NOT_FOUND", id.as_deref()),
             "intent.submit" => event(
                 "intent.rejected",
                 id.as_deref(),

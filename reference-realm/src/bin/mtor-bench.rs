@@ -245,7 +245,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.connections == 0 || args.rate.contains(&0) {
         bail!("--connections and every --rate must be positive");
     }
-    let (sysop, _spawned, realm) = match &args.realm {
+    let (sysop, spawned, realm) = match &args.realm {
         Some(url) => {
             let file = args
                 .sysop_key_file
@@ -289,7 +289,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut steps = Vec::new();
     for &rate in &args.rate {
-        let (c, step) = step(conns, rate, &args).await?;
+        let realm_pid = spawned.as_ref().map(|s| s.child.id());
+        let (c, step) = step(conns, rate, &args, realm_pid).await?;
         conns = c;
         print_step(&step);
         steps.push(step);
@@ -318,13 +319,15 @@ fn print_step(s: &Value) {
     println!(
         "rate {:>6}/s  achieved {:>8.0}/s  results {:>7}  rejected {:>5}  failed {:>3}  errors {:>3}  late-sends {:>6} {}\n  \
          end-to-end (corrected)  p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>7.2} ms\n  \
-         end-to-end (uncorrected) p50 {:>6.2} ms  p99 {:>7.2} ms;  ack p50 {:.2} ms  p99 {:.2} ms",
+         end-to-end (uncorrected) p50 {:>6.2} ms  p99 {:>7.2} ms;  ack p50 {:.2} ms  p99 {:.2} ms\n  \
+         CPU per intent: realm {} us, generator {} us",
         s["target_rate"], s["achieved_rate"].as_f64().unwrap_or(0.0), s["results"], s["rejected"], s["failed"],
         s["errors"], s["late_sends"], codes,
         ms(&s["corrected"]["p50"]), ms(&s["corrected"]["p90"]), ms(&s["corrected"]["p99"]),
         ms(&s["corrected"]["p999"]), ms(&s["corrected"]["max"]),
         ms(&s["uncorrected"]["p50"]), ms(&s["uncorrected"]["p99"]),
         ms(&s["ack"]["p50"]), ms(&s["ack"]["p99"]),
+        s["realm_cpu_us_per_intent"], s["generator_cpu_us_per_intent"],
     );
 }
 
@@ -346,7 +349,16 @@ fn summary(h: &Histogram<u64>) -> Value {
 
 /// One measured step at `rate`: warm-up, then `duration_s` measured, then a drain of in-flight
 /// intents. Returns the connections for the next step.
-async fn step(conns: Vec<Ws>, rate: u64, args: &Args) -> anyhow::Result<(Vec<Ws>, Value)> {
+async fn step(
+    conns: Vec<Ws>,
+    rate: u64,
+    args: &Args,
+    realm_pid: Option<u32>,
+) -> anyhow::Result<(Vec<Ws>, Value)> {
+    let cpu_before = (
+        cpu_seconds("self"),
+        realm_pid.and_then(|p| cpu_seconds(&p.to_string())),
+    );
     let stats = Arc::new(Mutex::new(Stats::new()?));
     let n = conns.len() as u64;
     // Each connection sends every `interval`, offset so the aggregate is evenly spaced.
@@ -373,6 +385,17 @@ async fn step(conns: Vec<Ws>, rate: u64, args: &Args) -> anyhow::Result<(Vec<Ws>
     }
     let s = stats.lock().await;
     let secs = args.duration_s as f64;
+    // CPU per intent is what contention on a shared machine distorts least: report it beside
+    // the rates (warm-up and drain included, over every intent sent in the step).
+    let all_sent = (s.sent as f64 * (args.duration_s + args.warmup_s) as f64 / secs).max(1.0);
+    let per_intent = |before: Option<f64>, after: Option<f64>| match (before, after) {
+        (Some(b), Some(a)) => json!(((a - b) * 1e6 / all_sent).round()),
+        _ => Value::Null,
+    };
+    let cpu_after = (
+        cpu_seconds("self"),
+        realm_pid.and_then(|p| cpu_seconds(&p.to_string())),
+    );
     let step = json!({
         "target_rate": rate,
         "connections": n,
@@ -389,6 +412,8 @@ async fn step(conns: Vec<Ws>, rate: u64, args: &Args) -> anyhow::Result<(Vec<Ws>
         "corrected": summary(&s.corrected),
         "uncorrected": summary(&s.uncorrected),
         "ack": summary(&s.ack),
+        "generator_cpu_us_per_intent": per_intent(cpu_before.0, cpu_after.0),
+        "realm_cpu_us_per_intent": per_intent(cpu_before.1, cpu_after.1),
     });
     Ok((back, step))
 }
@@ -507,6 +532,18 @@ async fn connection(
     s.errors += local.errors;
     s.late_sends += local.late_sends;
     Ok(ws)
+}
+
+/// User plus system CPU seconds of a process (`self` or a pid) from `/proc`, where there is one.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name; Linux
+    // reports them in USER_HZ, which is 100 on every Linux ABI.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 fn micros(d: Duration) -> u64 {
