@@ -1254,10 +1254,14 @@ pub fn settlement_on(
     conn: &Connection,
     intent_id: &str,
 ) -> Result<Option<Settlement>, LedgerError> {
+    // Single-table lookups with scalar subqueries: a join on the bound id made SQLite re-plan
+    // (sqlite3Reprepare) at every new binding, a tenth of the writer's time at settlement.
     let mut stmt = conn.prepare_cached(
         "SELECT s.outcome, s.cost, s.fee, s.earned, s.released, s.worker_key, s.fee_bps,
-                s.capture_seq, s.release_seq, s.ts, r.wallet, r.amount
-         FROM ledger_settlements s JOIN ledger_reservations r USING (intent_id)
+                s.capture_seq, s.release_seq, s.ts,
+                (SELECT wallet FROM ledger_reservations WHERE intent_id = s.intent_id),
+                (SELECT amount FROM ledger_reservations WHERE intent_id = s.intent_id)
+         FROM ledger_settlements s
          WHERE s.intent_id = ?1",
     )?;
     let mut rows = stmt.query([intent_id])?;
