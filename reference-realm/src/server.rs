@@ -1408,24 +1408,32 @@ async fn statement(
     .await
 }
 
+/// The checks of a privileged export: a signed request by the sysop or auditor, and its page.
+fn privileged_page(
+    state: &AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    what: &str,
+) -> Result<(u64, u32), Refusal> {
+    let signer = signed_key(state, "GET", uri, headers)?;
+    if !privileged(state, &signer) {
+        return Err(Box::new(rest_error(
+            StatusCode::FORBIDDEN,
+            Code::Forbidden,
+            &format!("the {what} export needs the sysop or auditor key"),
+        )));
+    }
+    page(q)
+}
+
 async fn ledger_export(
     State(state): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let signer = match signed_key(&state, "GET", &uri, &headers) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    if !privileged(&state, &signer) {
-        return rest_error(
-            StatusCode::FORBIDDEN,
-            Code::Forbidden,
-            "the ledger export needs the sysop or auditor key",
-        );
-    }
-    let (after, limit) = match page(&q) {
+    let (after, limit) = match privileged_page(&state, &uri, &headers, &q, "ledger") {
         Ok(p) => p,
         Err(r) => return *r,
     };
@@ -1444,18 +1452,7 @@ async fn audit_export(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let signer = match signed_key(&state, "GET", &uri, &headers) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    if !privileged(&state, &signer) {
-        return rest_error(
-            StatusCode::FORBIDDEN,
-            Code::Forbidden,
-            "the audit export needs the sysop or auditor key",
-        );
-    }
-    let (after, limit) = match page(&q) {
+    let (after, limit) = match privileged_page(&state, &uri, &headers, &q, "audit") {
         Ok(p) => p,
         Err(r) => return *r,
     };
