@@ -18,6 +18,11 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "the reference realm's container image (for the --image tests; needs a container engine)"
+# Static release build + FROM-scratch image. Without an engine this prints SKIPPED, unless
+# MTOR_REQUIRE_DOCKER=1 (.ci/run sets it: CI has an engine), where it fails.
+ci/build-images.sh --if-engine
+
 step "cargo test"
 cargo test --workspace --locked
 
@@ -31,3 +36,15 @@ trap 'rm -rf "$out"' EXIT
 # --mode certification: no SKIP allowed, UNKNOWN is not a pass; exit 0 only if every case passed.
 target/debug/mtor-cert run --mode certification --out "$out/bundle"
 target/debug/mtor-cert verify "$out/bundle.tar.gz"
+
+step "the harness certifies the reference realm's image (--image: the container cases too)"
+image="mtor-realm:$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
+if docker image inspect "$image" >/dev/null 2>&1; then
+  target/debug/mtor-cert run --image "$image" --mode certification --out "$out/image-bundle"
+  target/debug/mtor-cert verify "$out/image-bundle.tar.gz"
+elif [ "${MTOR_REQUIRE_DOCKER:-0}" = 1 ]; then
+  echo "image $image missing although MTOR_REQUIRE_DOCKER=1" >&2
+  exit 1
+else
+  echo "SKIPPED: certifying $image: no container engine or no image"
+fi

@@ -23,6 +23,12 @@ pub const KINDS: &[&str] = &[
     "http-endpoint",
     "health-reflects-worker",
     "generated-events",
+    crate::scripted::KIND,
+    crate::recovery::KIND,
+    crate::worker_faults::KIND,
+    crate::tokens::KIND,
+    crate::audit::KIND,
+    crate::load::KIND,
 ];
 
 /// What a driver needs.
@@ -54,7 +60,7 @@ impl Ctx<'_> {
         self.note(format!("{ABORT} {why}"));
     }
 
-    fn skip(&self, why: impl std::fmt::Display) {
+    pub(crate) fn skip(&self, why: impl std::fmt::Display) {
         self.note(format!("{SKIP} {why}"));
     }
 
@@ -96,6 +102,12 @@ pub async fn drive(ctx: &Ctx<'_>) {
         }
         "health-reflects-worker" => health_reflects_worker(ctx).await,
         "generated-events" => crate::generate::drive(ctx).await,
+        crate::scripted::KIND => crate::scripted::drive(ctx).await,
+        crate::recovery::KIND => crate::recovery::drive(ctx).await,
+        crate::worker_faults::KIND => crate::worker_faults::drive(ctx).await,
+        crate::tokens::KIND => crate::tokens::drive(ctx).await,
+        crate::audit::KIND => crate::audit::drive(ctx).await,
+        crate::load::KIND => crate::load::drive(ctx).await,
         other => ctx.abort(format!("this harness has no driver for kind `{other}`")),
     }
 }

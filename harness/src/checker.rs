@@ -43,19 +43,26 @@ pub struct Judgement {
     pub observed: String,
     /// Evidence pointing into the journal.
     pub evidence: Vec<Evidence>,
+    /// Load data for the report's charts (`dispatch-load` cases).
+    pub load: Option<Box<crate::load::LoadResult>>,
 }
 
 impl Judgement {
-    fn new(outcome: Outcome, reason: impl Into<String>, observed: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        outcome: Outcome,
+        reason: impl Into<String>,
+        observed: impl Into<String>,
+    ) -> Self {
         Self {
             outcome,
             reason: reason.into(),
             observed: observed.into(),
             evidence: Vec::new(),
+            load: None,
         }
     }
 
-    fn with(mut self, summary: impl Into<String>, seqs: Vec<u64>) -> Self {
+    pub(crate) fn with(mut self, summary: impl Into<String>, seqs: Vec<u64>) -> Self {
         self.evidence.push(Evidence {
             kind: "journal".into(),
             summary: summary.into(),
@@ -88,7 +95,7 @@ pub fn case_records<'a>(all: &'a [Record], id: &str) -> Vec<&'a Record> {
     mine[last_start..].to_vec()
 }
 
-fn note<'a>(r: &'a Record, prefix: &str) -> Option<&'a str> {
+pub(crate) fn note<'a>(r: &'a Record, prefix: &str) -> Option<&'a str> {
     match &r.entry {
         Entry::Note { text } => text.strip_prefix(prefix),
         _ => None,
@@ -162,6 +169,12 @@ pub fn check(spec: &CaseSpec, all: &[Record], contract: &Contract) -> Judgement 
         "http-endpoint" => check_http(spec, &records, contract),
         "health-reflects-worker" => check_health_worker(spec, &records),
         "generated-events" => check_generated(&records, contract),
+        crate::scripted::KIND => crate::scripted::check(spec, &records),
+        crate::recovery::KIND => crate::recovery::check(spec, &records),
+        crate::load::KIND => crate::load::check(spec, &records),
+        crate::worker_faults::KIND => crate::worker_faults::check(spec, &records),
+        crate::tokens::KIND => crate::tokens::check(spec, all, &records),
+        crate::audit::KIND => crate::audit::check(spec, all, &records, contract),
         other => Judgement::new(
             Outcome::Unknown,
             format!("no checker for case kind `{other}` in this harness version"),

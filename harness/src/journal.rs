@@ -75,7 +75,8 @@ pub enum Entry {
     Conn {
         /// Connection number.
         conn: u32,
-        /// `open`, `refused`, `closed`, `timeout`.
+        /// `open`, `refused`, `closed`, `timeout`, `aborted` (dropped by the harness without a
+        /// close frame, as a crashing peer would).
         event: String,
         /// Details (URL, close code, error text).
         detail: String,

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mtor_harness::bundle::{self, RenderFormat};
+use mtor_harness::container::Docker;
 use mtor_harness::contract::Contract;
 use mtor_harness::lint::{self, LintError};
 use mtor_harness::plan::Plan;
@@ -20,6 +21,8 @@ use mtor_harness::verdict::Mode;
 const EXIT_OK: u8 = 0;
 /// Exit code: some check failed.
 const EXIT_FAIL: u8 = 1;
+/// Exit code: some check undecided, or the run incomplete (also: interrupted).
+const EXIT_INCOMPLETE: u8 = 2;
 /// Exit code: bad usage, unreadable input or an invalid manifest.
 const EXIT_USAGE: u8 = 3;
 /// Exit code: the harness itself failed.
@@ -71,6 +74,9 @@ enum Command {
         /// A command that starts the realm (default: the reference realm).
         #[arg(long)]
         spawn: Option<String>,
+        /// A container image that holds the realm.
+        #[arg(long, conflicts_with_all = ["realm", "spawn"])]
+        image: Option<String>,
         /// The applicant's manifest.
         #[arg(long)]
         manifest: Option<PathBuf>,
@@ -106,6 +112,12 @@ struct RunArgs {
     /// {sysop_key} are filled in, and MTOR_* environment variables are set.
     #[arg(long)]
     spawn: Option<String>,
+    /// A container image (NAME:TAG or id) already in the local engine: the harness runs it on a
+    /// private network with MTOR_* credentials, publishes its port on 127.0.0.1, waits for
+    /// health, and removes the container and network afterwards. Needs `docker` (or
+    /// MTOR_DOCKER); exit 3 when no engine answers.
+    #[arg(long, conflicts_with_all = ["realm", "spawn"])]
+    image: Option<String>,
     /// The applicant's manifest (TOML).
     #[arg(long)]
     manifest: Option<PathBuf>,
@@ -196,9 +208,17 @@ fn main() -> ExitCode {
             bundle,
             realm,
             spawn,
+            image,
             manifest,
             out,
-        } => replay_command(&contract, case, &bundle, realm, spawn, manifest, out),
+        } => replay_command(
+            &contract,
+            case,
+            &bundle,
+            (realm, spawn, image),
+            manifest,
+            out,
+        ),
         Command::Plans => match Plan::embedded() {
             Ok(plans) => {
                 for p in plans {
@@ -314,12 +334,27 @@ fn run_command(contract: &Contract, args: RunArgs) -> ExitCode {
     {
         return usage("certification mode runs the whole plan: --cases, --exclude and --rerun-failed are not allowed");
     }
-    let target = match (&args.realm, &args.spawn, &manifest.endpoints.base, &manifest.spawn) {
-        (Some(url), _, _, _) => TargetSpec::Url(url.clone()),
-        (None, Some(cmd), _, _) => TargetSpec::Spawn(cmd.clone()),
-        (None, None, Some(url), _) => TargetSpec::Url(url.clone()),
-        (None, None, None, Some(spawn)) => TargetSpec::Spawn(spawn.command.clone()),
-        (None, None, None, None) => match target::reference_realm_binary() {
+    // Flags first (--realm, --spawn, --image), then the manifest in the same order.
+    let image = args.image.clone().or_else(|| {
+        (args.realm.is_none()
+            && args.spawn.is_none()
+            && manifest.endpoints.base.is_none()
+            && manifest.spawn.is_none())
+        .then(|| manifest.image.as_ref().and_then(|i| i.name.clone()))
+        .flatten()
+    });
+    let target = match (&args.realm, &args.spawn, &image, &manifest.endpoints.base, &manifest.spawn) {
+        (Some(url), _, _, _, _) => TargetSpec::Url(url.clone()),
+        (None, Some(cmd), _, _, _) => TargetSpec::Spawn(cmd.clone()),
+        // Fail fast, before any directory or container exists, when no engine answers or the
+        // image is not there.
+        (None, None, Some(image), _, _) => match Docker::from_env().preflight(image) {
+            Ok(info) => TargetSpec::Image(info),
+            Err(e) => return usage(format!("--image {image}: {e}")),
+        },
+        (None, None, None, Some(url), _) => TargetSpec::Url(url.clone()),
+        (None, None, None, None, Some(spawn)) => TargetSpec::Spawn(spawn.command.clone()),
+        (None, None, None, None, None) => match target::reference_realm_binary() {
             Some(bin) => {
                 let cmd = format!(
                     "{} up --listen 127.0.0.1:{{port}} --data {{data_dir}} --workers 2",
@@ -373,7 +408,25 @@ fn run_command(contract: &Contract, args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_INTERNAL);
         }
     };
-    let output = match runtime.block_on(run::run(&opts, contract)) {
+    // SIGINT, SIGTERM or SIGHUP drop the run future: the target's guards then stop the spawned
+    // realm and remove its container and network before the process exits.
+    let finished = runtime.block_on(async {
+        tokio::select! {
+            r = run::run(&opts, contract) => Ok(r),
+            signal = interrupted() => Err(signal),
+        }
+    });
+    let output = match finished {
+        Err(signal) => {
+            eprintln!(
+                "mtor-cert: interrupted by {signal}: the realm was stopped and everything the run started removed; the journal in {} keeps the decided cases (continue with --resume)",
+                opts.out.display()
+            );
+            return ExitCode::from(EXIT_INCOMPLETE);
+        }
+        Ok(r) => r,
+    };
+    let output = match output {
         Ok(o) => o,
         Err(run::RunError::Usage(m)) => return usage(m),
         Err(e) => {
@@ -382,6 +435,23 @@ fn run_command(contract: &Contract, args: RunArgs) -> ExitCode {
         }
     };
     finish_run(&opts, output)
+}
+
+/// The first of SIGINT, SIGTERM and SIGHUP; never, when the handlers cannot be installed.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
+    }
 }
 
 fn finish_run(opts: &RunOptions, output: run::RunOutput) -> ExitCode {
@@ -508,8 +578,7 @@ fn replay_command(
     contract: &Contract,
     case: String,
     bundle_path: &std::path::Path,
-    realm: Option<String>,
-    spawn: Option<String>,
+    (realm, spawn, image): (Option<String>, Option<String>, Option<String>),
     manifest: Option<PathBuf>,
     out: PathBuf,
 ) -> ExitCode {
@@ -532,6 +601,7 @@ fn replay_command(
     let args = RunArgs {
         realm,
         spawn,
+        image,
         manifest,
         plan: results.plan.id.clone(),
         out,

@@ -52,7 +52,17 @@ pub struct CaseSpec {
     /// Kind-specific parameters.
     #[serde(default)]
     pub params: toml::Table,
+    /// What the target must offer for the case to apply (see [`CAPABILITIES`]); a case whose
+    /// target lacks one is not applicable and is left out of the run, never skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
 }
+
+/// Target capabilities a case may require. `container`: the realm runs in a container the harness
+/// started (`--image`), so container faults (kill, restart) can be applied. `worker-container`:
+/// the image also says how to run a worker node from it (label `org.mtor.cert.worker`), so the
+/// harness can build a realm-plus-workers topology and pause or cut off a worker container.
+pub const CAPABILITIES: &[&str] = &["container", "worker-container"];
 
 impl CaseSpec {
     /// The suite a case belongs to: its id up to the first dot.
@@ -180,6 +190,17 @@ impl Plan {
                     case.id
                 )));
             }
+            if let Some(bad) = case
+                .requires
+                .iter()
+                .find(|r| !CAPABILITIES.contains(&r.as_str()))
+            {
+                return Err(invalid(format!(
+                    "case `{}` requires `{bad}`, which is not a target capability ({})",
+                    case.id,
+                    CAPABILITIES.join(", ")
+                )));
+            }
             if case.expectation.trim().is_empty() || case.remediation.trim().is_empty() {
                 return Err(invalid(format!(
                     "case `{}` needs an expectation and remediation advice",
@@ -240,6 +261,13 @@ impl Plan {
             .filter(|c| include.is_none_or(|p| matches_any(p, &c.id)))
             .filter(|c| !exclude.is_some_and(|p| matches_any(p, &c.id)))
             .collect()
+    }
+
+    /// Whether `case` applies to a target offering `capabilities`.
+    pub fn applies(case: &CaseSpec, capabilities: &[&str]) -> bool {
+        case.requires
+            .iter()
+            .all(|r| capabilities.contains(&r.as_str()))
     }
 
     /// The budget of a case: its own, else the plan's default.
@@ -351,6 +379,10 @@ params = { frame = "{" }
             ),
             (MINIMAL.replace("kind = ", "knid = "), "malformed"),
             (
+                MINIMAL.replace("params = ", "requires = [\"gpu\"]\nparams = "),
+                "requires `gpu`, which is not a target capability",
+            ),
+            (
                 format!(
                     "{MINIMAL}{}",
                     &MINIMAL[MINIMAL.find("[[case]]").unwrap_or(0)..]
@@ -372,5 +404,15 @@ params = { frame = "{" }
         let plan = Plan::parse("t", MINIMAL).expect("valid");
         assert_eq!(plan.select(Some("health.*,events.*"), None).len(), 1);
         assert_eq!(plan.select(None, Some("events.bad-*")).len(), 0);
+    }
+
+    #[test]
+    fn required_capabilities_decide_applicability() {
+        let text = MINIMAL.replace("params = ", "requires = [\"container\"]\nparams = ");
+        let plan = Plan::parse("t", &text).expect("valid");
+        assert!(!Plan::applies(&plan.cases[0], &[]));
+        assert!(Plan::applies(&plan.cases[0], &["container"]));
+        let plain = Plan::parse("t", MINIMAL).expect("valid");
+        assert!(Plan::applies(&plain.cases[0], &[]));
     }
 }

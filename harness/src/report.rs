@@ -530,6 +530,8 @@ struct CaseView {
     span: Option<String>,
     wire: Vec<WireLine>,
     wire_omitted: usize,
+    /// Load tables and the latency percentile chart (`dispatch-load` cases).
+    load: Option<crate::load::LoadHtml>,
 }
 
 #[derive(Serialize)]
@@ -773,6 +775,7 @@ fn case_view(case: &CaseResult, journal: &[Record]) -> CaseView {
             .journal_span
             .map(|(a, b)| format!("journal.ndjson records {a}–{b}")),
         wire_omitted: in_span.len().saturating_sub(WIRE_EXCERPT_MAX),
+        load: case.load.as_ref().map(crate::load::html_view),
         wire,
     }
 }
@@ -1182,6 +1185,7 @@ mod tests {
             started_ms: 0,
             duration_ms: 1500,
             reproduce: format!("mtor-cert run --cases {id}"),
+            load: None,
         }
     }
 

@@ -27,6 +27,19 @@ pub enum TargetSpec {
     Url(String),
     /// A command the harness starts.
     Spawn(String),
+    /// A container image the harness starts (after [`crate::container::Docker::preflight`]).
+    Image(crate::container::ImageInfo),
+}
+
+impl TargetSpec {
+    /// What this kind of target offers to cases that require something (`CaseSpec::requires`).
+    pub fn capabilities(&self) -> &'static [&'static str] {
+        match self {
+            TargetSpec::Image(i) if i.worker.is_some() => &["container", "worker-container"],
+            TargetSpec::Image(_) => &["container"],
+            TargetSpec::Url(_) | TargetSpec::Spawn(_) => &[],
+        }
+    }
 }
 
 /// Options of `mtor-cert run`.
@@ -102,6 +115,7 @@ pub fn reproduce_command(opts: &RunOptions, id: &str) -> String {
     let target = match &opts.target {
         TargetSpec::Url(u) => format!("--realm {u}"),
         TargetSpec::Spawn(c) => format!("--spawn '{}'", c.replace('\'', "'\\''")),
+        TargetSpec::Image(i) => format!("--image {}", i.reference),
     };
     format!(
         "mtor-cert run {target} --plan {} --cases {id} --seed {} --mode explore --out out-{id}",
@@ -111,6 +125,18 @@ pub fn reproduce_command(opts: &RunOptions, id: &str) -> String {
 
 /// Runs the plan.
 pub async fn run(opts: &RunOptions, contract: &Contract) -> Result<RunOutput, RunError> {
+    let wanted: Vec<&CaseSpec> = opts
+        .plan
+        .select(opts.include.as_deref(), opts.exclude.as_deref());
+    if !wanted.is_empty()
+        && !wanted
+            .iter()
+            .any(|c| Plan::applies(c, opts.target.capabilities()))
+    {
+        return Err(RunError::Usage(
+            "none of the selected cases applies to this target: they require a container (run with --image)".into(),
+        ));
+    }
     std::fs::create_dir_all(&opts.out)
         .map_err(|e| RunError::Io(opts.out.display().to_string(), e))?;
     let journal_path = opts.out.join("journal.ndjson");
@@ -144,6 +170,7 @@ pub async fn run(opts: &RunOptions, contract: &Contract) -> Result<RunOutput, Ru
                     target: match &opts.target {
                         TargetSpec::Url(u) => u.clone(),
                         TargetSpec::Spawn(c) => format!("spawn: {c}"),
+                        TargetSpec::Image(i) => format!("image: {} ({})", i.reference, i.id),
                     },
                     at: at.clone(),
                 },
@@ -166,6 +193,23 @@ pub async fn run(opts: &RunOptions, contract: &Contract) -> Result<RunOutput, Ru
         .into_iter()
         .filter(|c| opts.only.as_ref().is_none_or(|only| only.contains(&c.id)))
         .collect();
+    // A case needing what this kind of target cannot offer (a container to kill) does not apply:
+    // it is left out and said so, never run and skipped (certification forbids skips).
+    let capabilities = opts.target.capabilities();
+    let (selected, not_applicable): (Vec<&CaseSpec>, Vec<&CaseSpec>) = selected
+        .into_iter()
+        .partition(|c| Plan::applies(c, capabilities));
+    for spec in &not_applicable {
+        let why = format!(
+            "not applicable to this target: {} requires {} (run it with --image)",
+            spec.id,
+            spec.requires.join(", ")
+        );
+        journal.log(None, Entry::Note { text: why.clone() });
+        if opts.progress {
+            eprintln!("[-] {why}");
+        }
+    }
 
     let (mut target, setup_error) = setup(opts, &journal).await;
     let realm_manifest = match &target {
@@ -273,6 +317,7 @@ pub async fn run(opts: &RunOptions, contract: &Contract) -> Result<RunOutput, Ru
             started_ms,
             duration_ms: u64::try_from(case_start.elapsed().as_millis()).unwrap_or(u64::MAX),
             reproduce: reproduce_command(opts, &spec.id),
+            load: judgement.load.as_deref().cloned(),
         };
         journal.log(
             Some(&spec.id),
@@ -295,6 +340,15 @@ pub async fn run(opts: &RunOptions, contract: &Contract) -> Result<RunOutput, Ru
     }
 
     if let Some(t) = target.as_mut() {
+        if let Some(c) = t.container.as_ref() {
+            let how = c.remove().await;
+            journal.log(
+                None,
+                Entry::Note {
+                    text: format!("realm container stopped: {how}"),
+                },
+            );
+        }
         if let Some(p) = t.process.as_mut() {
             let how = p.stop(Duration::from_secs(5)).await;
             journal.log(
@@ -317,6 +371,10 @@ pub async fn run(opts: &RunOptions, contract: &Contract) -> Result<RunOutput, Ru
         (Some(t), _) => (t.kind.to_owned(), t.description.clone()),
         (None, TargetSpec::Url(u)) => ("url".to_owned(), format!("realm at {u}")),
         (None, TargetSpec::Spawn(c)) => ("spawn".to_owned(), format!("spawn (failed): {c}")),
+        (None, TargetSpec::Image(i)) => (
+            "image".to_owned(),
+            format!("image (failed): {} ({})", i.reference, i.id),
+        ),
     };
     Ok(RunOutput {
         complete: results.len() == total,
@@ -341,6 +399,22 @@ async fn setup(opts: &RunOptions, journal: &Journal) -> (Option<Target>, Option<
                     .map_or(30, |s| s.ready_timeout_s),
             );
             Target::spawn(cmd, &opts.out, ready).await
+        }
+        TargetSpec::Image(image) => {
+            let ready = Duration::from_secs(
+                opts.manifest
+                    .image
+                    .as_ref()
+                    .map_or(crate::target::default_image_ready(), |i| i.ready_timeout_s),
+            );
+            crate::container::start_realm(
+                &crate::container::Docker::from_env(),
+                image.clone(),
+                &opts.manifest,
+                &opts.out,
+                ready,
+            )
+            .await
         }
     };
     match result {

@@ -29,6 +29,9 @@ pub struct Manifest {
     /// How to start and stop it (for `--spawn`, overridden by the flag's command).
     #[serde(default)]
     pub spawn: Option<SpawnInfo>,
+    /// How to run it from a container image (for `--image`, overridden by the flag's image).
+    #[serde(default)]
+    pub image: Option<ImageSpec>,
 }
 
 /// `[realm]`.
@@ -73,6 +76,21 @@ pub struct Credentials {
     pub auditor_secret: Option<String>,
 }
 
+/// `[image]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// The image, `NAME:TAG` or an image id, already in the local engine.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The realm's port inside the container (default: the image's one exposed port, else 7700).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Seconds to wait for the container to be healthy.
+    #[serde(default = "default_image_ready")]
+    pub ready_timeout_s: u64,
+}
+
 /// `[spawn]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,6 +105,16 @@ pub struct SpawnInfo {
 fn default_ready() -> u64 {
     30
 }
+
+/// Longer than for a process: the engine adds its own start-up and health-check interval.
+pub fn default_image_ready() -> u64 {
+    60
+}
+
+/// The lease length handed to a spawned realm in `MTOR_LEASE_MS` (ENV-10): short, so that the
+/// cases that wait for leases to lapse run in seconds. Cases never assume it; they read the lease
+/// the realm advertises.
+pub const SPAWN_LEASE_MS: u64 = 1000;
 
 /// Why a target could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +210,8 @@ pub struct Target {
     pub auditor: Option<Identity>,
     /// The spawned realm, if the harness started it.
     pub process: Option<Spawned>,
+    /// The realm's container, if the harness started it from an image.
+    pub container: Option<crate::container::RealmContainer>,
 }
 
 /// A realm process the harness started.
@@ -237,6 +267,7 @@ impl Target {
             funded_wallet: ident(&manifest.credentials.wallet_secret),
             auditor: ident(&manifest.credentials.auditor_secret),
             process: None,
+            container: None,
         })
     }
 
@@ -273,6 +304,7 @@ impl Target {
             ("MTOR_ENROL_TOKEN".to_owned(), enrol_token.clone()),
             ("MTOR_SYSOP_KEY".to_owned(), sysop.public_hex()),
             ("MTOR_AUDITOR_KEY".to_owned(), auditor.public_hex()),
+            ("MTOR_LEASE_MS".to_owned(), SPAWN_LEASE_MS.to_string()),
         ];
         let log = work_dir.join("realm.log");
         let process = start(&line, &log, &data_dir, &env)?;
@@ -287,6 +319,7 @@ impl Target {
             funded_wallet: None,
             auditor: Some(auditor),
             process: Some(process),
+            container: None,
         };
         target.wait_ready(ready).await?;
         Ok(target)

@@ -102,6 +102,9 @@ pub struct CaseResult {
     pub duration_ms: u64,
     /// A command that re-runs just this case with the same seed.
     pub reproduce: String,
+    /// Load data (latency percentiles, generator, fairness) of a `dispatch-load` case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<crate::load::LoadResult>,
 }
 
 /// Totals by verdict.

@@ -382,6 +382,28 @@ impl Conn {
         self.recv_wire(deadline).await
     }
 
+    /// Drops the connection without a WebSocket close handshake, as a crashing peer would: the
+    /// TCP socket just closes. Journaled, since the moment is evidence for lease cases.
+    pub fn abort(self) -> u64 {
+        self.log(Entry::Conn {
+            conn: self.id,
+            event: "aborted".into(),
+            detail: "closed by the harness without a close frame".into(),
+        })
+    }
+
+    /// Hands over the open WebSocket with its connection number and the frames no wait consumed:
+    /// the load generator (`load`) journals a sample of its frames, not every one.
+    pub fn into_raw(
+        self,
+    ) -> (
+        WebSocketStream<MaybeTlsStream<TcpStream>>,
+        u32,
+        Vec<Received>,
+    ) {
+        (self.ws, self.id, self.backlog.into_iter().collect())
+    }
+
     /// Closes the connection politely (best effort, bounded).
     pub async fn close(mut self) {
         let deadline = Instant::now() + Duration::from_millis(500);
@@ -460,6 +482,57 @@ pub async fn http_get(
     case: Option<&str>,
     deadline: Instant,
 ) -> Result<(u16, String), WireError> {
+    get(base, path, "", journal, case, deadline).await
+}
+
+/// [`http_get`] signed by `who` as section 3.3 of the spec defines (`MTOR-Key`, `MTOR-Timestamp`,
+/// `MTOR-Signature` over `"MTOR/1 rest\nGET\n" + path + "\n" + timestamp`), for balances,
+/// statements and the ledger and audit exports.
+pub async fn http_get_signed(
+    base: &str,
+    path: &str,
+    who: &Identity,
+    journal: &Journal,
+    case: Option<&str>,
+    deadline: Instant,
+) -> Result<(u16, String), WireError> {
+    let ts = now_rfc3339();
+    let signature = who.sign_hex(format!("MTOR/1 rest\nGET\n{path}\n{ts}").as_bytes());
+    let headers = format!(
+        "MTOR-Key: {}\r\nMTOR-Timestamp: {ts}\r\nMTOR-Signature: {signature}\r\n",
+        who.public_hex()
+    );
+    get(base, path, &headers, journal, case, deadline).await
+}
+
+/// A GET that claims to come from `claimed` but is signed by `signer`: a forged signed request,
+/// which a realm must refuse with 401 `BAD_SIGNATURE` and record as `auth.failed`.
+pub async fn http_get_forged(
+    base: &str,
+    path: &str,
+    claimed: &Identity,
+    signer: &Identity,
+    journal: &Journal,
+    case: Option<&str>,
+    deadline: Instant,
+) -> Result<(u16, String), WireError> {
+    let ts = now_rfc3339();
+    let signature = signer.sign_hex(format!("MTOR/1 rest\nGET\n{path}\n{ts}").as_bytes());
+    let headers = format!(
+        "MTOR-Key: {}\r\nMTOR-Timestamp: {ts}\r\nMTOR-Signature: {signature}\r\n",
+        claimed.public_hex()
+    );
+    get(base, path, &headers, journal, case, deadline).await
+}
+
+async fn get(
+    base: &str,
+    path: &str,
+    extra_headers: &str,
+    journal: &Journal,
+    case: Option<&str>,
+    deadline: Instant,
+) -> Result<(u16, String), WireError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = base
         .trim_start_matches("http://")
@@ -473,7 +546,7 @@ pub async fn http_get(
                 message: e.to_string(),
             })?;
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: */*\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: */*\r\n{extra_headers}\r\n"
         );
         stream
             .write_all(request.as_bytes())
@@ -538,11 +611,15 @@ pub async fn http_get(
             method: "GET".into(),
             path: path.into(),
             status,
-            body: body.chars().take(64 * 1024).collect(),
+            body: body.chars().take(JOURNAL_BODY_CHARS).collect(),
         },
     );
     Ok((status, body))
 }
+
+/// How much of an HTTP body the journal keeps. Large enough for a full page of a ledger or audit
+/// export (1000 items), which the token and audit checkers re-judge from the journal alone.
+pub const JOURNAL_BODY_CHARS: usize = 8 << 20;
 
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();

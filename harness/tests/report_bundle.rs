@@ -78,6 +78,7 @@ fn cases() -> Vec<CaseResult> {
                 started_ms: 10 * i as u64,
                 duration_ms: 1234,
                 reproduce: format!("mtor-cert run --cases {id} --seed 42"),
+                load: None,
             }
         })
         .collect()

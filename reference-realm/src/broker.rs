@@ -638,7 +638,7 @@ impl Broker {
             let submission = Submission {
                 intent_id: id.clone(),
                 wallet: wallet.clone(),
-                intent: intent.clone(),
+                intent: intents::lane(&intent, &input),
                 priority: u8::try_from(priority).unwrap_or(DEFAULT_PRIORITY).min(9),
                 cost: 1,
             };
@@ -675,13 +675,31 @@ impl Broker {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<BrokerMsg>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Also wake exactly when the earliest lease's grace ends, so a lapse is acted on at once
+        // (LSE-5) rather than up to a tick later; re-armed only when that time changes.
+        let expiry = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(expiry);
+        let (mut armed, mut fired): (Option<u64>, Option<u64>) = (None, None);
         loop {
+            let next = self.leases.next_expiry_ms();
+            // A time that already fired is left to the tick: no busy loop if it stays first.
+            if next != armed && next != fired {
+                armed = next;
+                if let Some(ms) = next {
+                    let at = self.started + Duration::from_millis(ms);
+                    expiry.as_mut().reset(tokio::time::Instant::from_std(at));
+                }
+            }
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(BrokerMsg::Shutdown) | None => break,
                     Some(msg) => self.handle(msg),
                 },
                 _ = tick.tick() => self.tick(),
+                _ = &mut expiry, if armed.is_some() => {
+                    fired = armed.take();
+                    self.tick();
+                }
             }
         }
         for id in self.intents.keys() {
@@ -966,7 +984,8 @@ impl Broker {
                 None,
             );
         };
-        if !self.registry.servable(spec.name, now) {
+        let pin = intents::pinned_key(spec.name, &submit.input);
+        if !self.registry.servable_by(spec.name, pin, now) {
             return self.reject(
                 &session_id,
                 &corr,
@@ -1131,7 +1150,8 @@ impl Broker {
                 let submission = Submission {
                     intent_id: id.clone(),
                     wallet: wallet.clone(),
-                    intent: submit.intent.clone(),
+                    // The queue matches lanes: a pinned probe waits for its own workers (PRB-6).
+                    intent: intents::lane(&submit.intent, &submit.input),
                     priority: submit.priority.min(9),
                     cost: 1,
                 };
@@ -1230,7 +1250,7 @@ impl Broker {
                     (
                         load,
                         w.worker_id.clone(),
-                        w.intents.iter().cloned().collect(),
+                        intents::worker_lanes(&w.intents, &w.key),
                     )
                 })
                 .collect();
@@ -1964,6 +1984,9 @@ impl Broker {
             .get(&wid)
             .map(|w| w.key.clone())
             .unwrap_or_default();
+        // Out of the registry before its leases are re-dispatched: `after_attempt` dispatches at
+        // once, and must not hand the task straight back to the worker that just left.
+        self.registry.remove(&wid);
         for ended in self.leases.worker_lost(&wid) {
             self.counters.lapsed += 1;
             let lease = &ended.lease;
@@ -1979,7 +2002,6 @@ impl Broker {
                 now,
             );
         }
-        self.registry.remove(&wid);
         self.audit("worker.left", &key, &wid, json!({"reason": "disconnected"}));
         self.dispatch();
     }

@@ -70,6 +70,33 @@ pub fn estimated_cost(name: &str, input: &Value) -> Option<u64> {
     Some(units.saturating_mul(spec.unit_price).max(spec.min_cost))
 }
 
+/// The worker key a `cert.probe` input pins its dispatch to (PRB-6), if any.
+pub fn pinned_key<'a>(name: &str, input: &'a Value) -> Option<&'a str> {
+    (name == "cert.probe")
+        .then(|| input.get("worker_key").and_then(Value::as_str))
+        .flatten()
+}
+
+/// The dispatch lane of an intent: its name, or for a pinned probe `cert.probe@<worker_key>`.
+/// The queue matches lanes against the lanes a worker serves ([`worker_lanes`]), so a pinned
+/// probe reaches only workers of its key without the queue knowing about pins.
+pub fn lane(name: &str, input: &Value) -> String {
+    match pinned_key(name, input) {
+        Some(key) => format!("{name}@{key}"),
+        None => name.to_owned(),
+    }
+}
+
+/// The lanes a worker with `key` serving `intents` takes from: its intents, plus the lane of
+/// probes pinned to its key when it serves `cert.probe`.
+pub fn worker_lanes<S: AsRef<str>>(intents: impl IntoIterator<Item = S>, key: &str) -> Vec<String> {
+    let mut lanes: Vec<String> = intents.into_iter().map(|s| s.as_ref().to_owned()).collect();
+    if lanes.iter().any(|n| n == "cert.probe") {
+        lanes.push(format!("cert.probe@{key}"));
+    }
+    lanes
+}
+
 /// Semantic input checks beyond the schema (admission check 2a, `BAD_INPUT`): for
 /// `analyze-signal`, the samples must decode to whole finite complex values, at least `fft_len`.
 pub fn check_input(name: &str, input: &Value) -> Result<(), String> {
@@ -349,6 +376,23 @@ mod tests {
         assert_eq!(
             probe_digest("abc"),
             "b4d7e3be33038e0efdf8194f1db285d3486d203617769510c79bc0925dbacbe4"
+        );
+    }
+
+    #[test]
+    fn pinned_probes_get_their_own_lane() {
+        let key = "d854bbf4fbe483d6d1435553d322637496bea629c45345fe32a6d4972e941875";
+        let pinned = json!({"nonce": "n", "worker_key": key});
+        assert_eq!(lane("cert.probe", &json!({"nonce": "n"})), "cert.probe");
+        assert_eq!(lane("cert.probe", &pinned), format!("cert.probe@{key}"));
+        // Only cert.probe knows pins.
+        assert_eq!(lane("analyze-signal", &pinned), "analyze-signal");
+        let lanes = worker_lanes(["cert.probe", "analyze-signal"], key);
+        assert!(lanes.contains(&lane("cert.probe", &pinned)));
+        assert!(!worker_lanes(["cert.probe"], "other").contains(&lane("cert.probe", &pinned)));
+        assert_eq!(
+            worker_lanes(["analyze-signal"], key),
+            vec!["analyze-signal"]
         );
     }
 

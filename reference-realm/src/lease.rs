@@ -10,8 +10,9 @@
 //! - [`LeaseTable::progress`] extends the deadline to `now + lease_ms`.
 //! - [`LeaseTable::complete`], [`LeaseTable::fail`] and [`LeaseTable::progress`] succeed only for
 //!   the current lease, held by the worker that reports. Otherwise they answer
-//!   [`LeaseError::StaleEpoch`] (not the current lease), [`LeaseError::LeaseExpired`] (the current
-//!   lease, but it lapsed and was reclaimed, or was revoked), [`LeaseError::Duplicate`] (the current
+//!   [`LeaseError::StaleEpoch`] (not the current lease, or one the realm revoked),
+//!   [`LeaseError::LeaseExpired`] (the current lease, but it lapsed and was reclaimed),
+//!   [`LeaseError::Duplicate`] (the current
 //!   lease already reported its outcome) or [`LeaseError::NotFound`]. [`LeaseError::code`] gives
 //!   the `task.receipt` code. This fence is what makes a late result after a re-dispatch harmless.
 //! - [`LeaseTable::expire`] reclaims leases whose `deadline + grace_ms` has passed, and
@@ -386,9 +387,10 @@ impl LeaseTable {
         }
         match task.state {
             State::Active => Ok(lease),
-            State::Reclaimed(_) | State::Revoked => {
-                Err(LeaseError::LeaseExpired(task_id.to_owned()))
-            }
+            State::Reclaimed(_) => Err(LeaseError::LeaseExpired(task_id.to_owned())),
+            // Section 9.3: a lease the realm ended (client cancel, shutdown) did not lapse; a
+            // report on it names a lease that is not current.
+            State::Revoked => Err(stale()),
             State::Completed | State::Failed(_) => Err(LeaseError::Duplicate(task_id.to_owned())),
             // An idle task has no lease, so the epoch check above already refused.
             State::Idle => Err(stale()),
@@ -516,7 +518,8 @@ impl LeaseTable {
 
     /// Ends a task on the realm's side (client cancel, shutdown). Returns the active lease it
     /// revoked, if any, so the caller can send `task.cancel` with its epoch; later reports on it
-    /// answer [`LeaseError::LeaseExpired`] and it is never granted again.
+    /// answer [`LeaseError::StaleEpoch`] (an ended lease, section 9.3) and it is never granted
+    /// again.
     pub fn cancel(&mut self, task_id: &str) -> Result<Option<Lease>, LeaseError> {
         let task = self
             .tasks

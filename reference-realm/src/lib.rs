@@ -12,6 +12,7 @@ pub mod identity;
 pub mod intents;
 pub mod lease;
 pub mod ledger;
+pub mod probe;
 pub mod queue;
 pub mod registry;
 pub mod server;

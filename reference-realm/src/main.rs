@@ -45,7 +45,7 @@ enum Command {
         /// Sysop public key, hex [env MTOR_SYSOP_KEY; default: generated into the data dir].
         #[arg(long)]
         sysop_key: Option<String>,
-        /// Lease length in ms (default 10000).
+        /// Lease length in ms [env MTOR_LEASE_MS; default 10000].
         #[arg(long, hide = true)]
         lease_ms: Option<u64>,
     },
@@ -63,9 +63,20 @@ enum Command {
         /// Tasks run at once.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
-        /// The worker's key file (created if missing, mode 0600).
+        /// The worker's key file (created if missing, mode 0600); unused when MTOR_WORKER_KEY
+        /// (hex seed) is set.
         #[arg(long, default_value = "./worker.key")]
         key_file: PathBuf,
+    },
+    /// Probe a realm's health endpoint: exit 0 when it answers 2xx, 1 otherwise (the container
+    /// image's HEALTHCHECK, which has no shell or curl).
+    Health {
+        /// URL to GET [default: http://127.0.0.1:<port of MTOR_LISTEN, else 7700>/v1/health].
+        #[arg(long)]
+        url: Option<String>,
+        /// Deadline in milliseconds for the whole probe.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
     },
     /// Wallet commands.
     Wallet {
@@ -188,11 +199,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             concurrency,
             key_file,
         } => {
-            let (key, created) = KeyPair::load_or_create(&key_file)
-                .with_context(|| format!("worker key {}", key_file.display()))?;
-            if created {
-                info!(file = %key_file.display(), "created worker key");
-            }
+            // MTOR_WORKER_KEY (a hex seed) lets whoever starts a worker container choose its
+            // identity, as the harness does to pin probes to it; otherwise the key file.
+            let key = match std::env::var("MTOR_WORKER_KEY") {
+                Ok(seed) if !seed.trim().is_empty() => KeyPair::from_seed_hex(&seed)
+                    .context("MTOR_WORKER_KEY must be a 64-hex-char secret seed")?,
+                _ => {
+                    let (key, created) = KeyPair::load_or_create(&key_file)
+                        .with_context(|| format!("worker key {}", key_file.display()))?;
+                    if created {
+                        info!(file = %key_file.display(), "created worker key");
+                    }
+                    key
+                }
+            };
             let opts = worker::WorkerOptions {
                 realm,
                 token,
@@ -211,6 +231,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let _ = tx.send(true);
             });
             worker::run(opts, rx).await?;
+            Ok(())
+        }
+        Command::Health { url, timeout_ms } => {
+            let url = url.unwrap_or_else(mtor_realm::probe::default_url);
+            let within = Duration::from_millis(timeout_ms);
+            // Blocking std I/O with its own deadline; off the async workers.
+            let status =
+                tokio::task::spawn_blocking(move || mtor_realm::probe::probe(&url, within))
+                    .await
+                    .context("health probe task")??;
+            println!("{status}");
             Ok(())
         }
         Command::Wallet { command } => wallet(command).await,

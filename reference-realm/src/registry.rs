@@ -341,8 +341,15 @@ impl Registry {
     /// Whether some worker that is neither draining nor unhealthy serves `intent`: admission
     /// answers `INFEASIBLE` when not. A suspect worker still counts, since it may only be late.
     pub fn servable(&self, intent: &str, now_ms: u64) -> bool {
+        self.servable_by(intent, None, now_ms)
+    }
+
+    /// [`Registry::servable`], counting only workers enrolled with `key` when one is given (a
+    /// pinned `cert.probe`, PRB-6).
+    pub fn servable_by(&self, intent: &str, key: Option<&str>, now_ms: u64) -> bool {
         self.workers.values().any(|w| {
             w.intents.contains(intent)
+                && key.is_none_or(|k| w.key == k)
                 && !w.draining()
                 && w.liveness(now_ms, self.interval_ms) != Health::Unhealthy
         })
@@ -467,6 +474,16 @@ mod tests {
         assert!(r.servable("probe", suspect));
         assert!(r.pick("probe", suspect).is_none(), "dispatch wants healthy");
         assert!(!r.servable("probe", 3 * INTERVAL + 1));
+    }
+
+    #[test]
+    fn a_pin_counts_only_the_workers_of_its_key() {
+        let mut r = registry();
+        r.enroll(enrolment("w", &["probe"], 1), 0).unwrap();
+        assert!(r.servable_by("probe", Some("w-key"), 0));
+        assert!(!r.servable_by("probe", Some("other-key"), 0));
+        assert!(r.servable_by("probe", None, 0));
+        assert!(!r.servable_by("probe", Some("w-key"), 3 * INTERVAL + 1));
     }
 
     #[test]

@@ -360,9 +360,10 @@ fn cancel_revokes_the_active_lease() {
         Err(LeaseError::AlreadyLeased("t".to_owned()))
     );
     assert_eq!(leases.cancel("t"), Ok(Some(lease.clone())));
+    // An ended lease is not a lapsed one: STALE_EPOCH, not LEASE_EXPIRED (section 9.3).
     assert!(matches!(
         leases.complete("t", 1, lease.epoch, "w1"),
-        Err(LeaseError::LeaseExpired(_))
+        Err(LeaseError::StaleEpoch { .. })
     ));
     assert!(leases.expire(u64::MAX).is_empty());
     assert!(matches!(

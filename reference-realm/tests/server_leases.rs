@@ -22,7 +22,11 @@ struct FakeWorker {
 
 impl FakeWorker {
     async fn enrol(ws: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
+        Self::enrol_as(ws, &KeyPair::generate().unwrap()).await
+    }
+
+    /// Enrols with a given key (a worker process that restarts keeps its key).
+    async fn enrol_as(ws: &str, key: &KeyPair) -> Self {
         let mut conn = Conn::open(&format!("{ws}/v1/worker")).await;
         let reg = conn
             .send(
@@ -245,4 +249,57 @@ async fn lapsed_leases_are_fenced_redispatched_and_dead_lettered() {
         .iter()
         .any(|r| r["kind"] == "intent.dead_lettered" && r["subject"] == dead_id.as_str()));
     assert!(recs.iter().filter(|r| r["kind"] == "lease.lapsed").count() >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_probes_follow_their_key_and_a_lost_lease_goes_to_a_live_worker() {
+    let data = temp_dir("pinned");
+    let sysop = KeyPair::generate().unwrap();
+    // A long lease: a task handed back to the worker that just left would only come back after
+    // lease + grace, far beyond the waits below.
+    let realm = RealmProc::start(&data, 0, &["--lease-ms", "8000"], sysop.clone());
+    let ws = realm.ws();
+    let key = KeyPair::generate().unwrap();
+    let mut a = FakeWorker::enrol_as(&ws, &key).await;
+    let mut other = FakeWorker::enrol(&ws).await;
+
+    let wallet = KeyPair::generate().unwrap();
+    let mut admin = Conn::client(&ws, &sysop).await;
+    admin.mint(&wallet.public_hex(), 10_000).await;
+    let mut c = Conn::client(&ws, &wallet).await;
+
+    // PRB-6: a pin to a key no worker enrolled with is infeasible.
+    let stranger = KeyPair::generate().unwrap().public_hex();
+    let refused = c
+        .probe("nobody", json!({"worker_key": stranger}), 1_000)
+        .await;
+    assert_eq!(refused["type"], "intent.rejected", "{refused}");
+    assert_eq!(refused["body"]["code"], "INFEASIBLE");
+
+    // The pinned probe goes to A, never to the idle other worker.
+    let acc = c
+        .probe("pinned", json!({"worker_key": key.public_hex()}), 1_000)
+        .await;
+    let intent_id = acc["body"]["intent_id"].as_str().unwrap().to_owned();
+    let first = a.expect("task.assign", 5).await;
+    assert_eq!(first["body"]["attempt"], 1);
+
+    // A's connection drops; the same key comes back. Attempt 2 must reach it at once: not be
+    // granted to the departed connection (which would cost an attempt and lease + grace).
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut back = FakeWorker::enrol_as(&ws, &key).await;
+    let second = back.expect("task.assign", 3).await;
+    assert_eq!(second["body"]["attempt"], 2, "{second}");
+    assert!(second["body"]["epoch"].as_u64() > first["body"]["epoch"].as_u64());
+    let output = json!({"output": {"nonce": "pinned", "digest": digest("pinned"), "worker_id": back.id}, "units": 1});
+    let ok = back.report("task.result", &second, output).await;
+    assert_eq!(ok["body"]["status"], "accepted", "{ok}");
+    let result = c.terminal(&intent_id, 5).await;
+    assert_eq!(result["body"]["attempts"], 2, "{result}");
+    let stray = other.conn.drain(300).await;
+    assert!(
+        stray.iter().all(|ev| ev["type"] != "task.assign"),
+        "the pinned probe reached another key's worker: {stray:?}"
+    );
 }

@@ -1,11 +1,11 @@
 //! TEST DOUBLE: a small in-process MTOR/1 "realm" that implements just the frame handling, sessions,
-//! worker enrolment and REST endpoints the events and health suites exercise, with switchable
-//! defects. It exists to prove each harness case FAILS against the defect it looks for (and passes
-//! against the clean double) until the reference realm's defect catalogue lands. It is not a realm.
+//! worker enrolment and REST endpoints the events, health and workers suites exercise, with
+//! switchable defects. It exists to prove each harness case FAILS against the defect it looks for
+//! (and passes against the clean double) until the reference realm's defect catalogue lands. It is
+//! not a realm. The worker channel, leases and ledger live in [`super::fake_broker`].
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +17,7 @@ use mtor_harness::wire::{event, new_id};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -58,23 +59,77 @@ pub enum Defect {
     /// Undeclared members in the body of an `intent.*` request are ignored instead of refused
     /// (a request struct deserialised without `deny_unknown_fields`).
     AcceptExtraBodyField,
+    /// `worker.enrolled` advertises other lease terms than the manifest.
+    EnrolledTermsDiffer,
+    /// A pinned probe goes to any worker, and a pin to an unknown key is admitted.
+    PinIgnored,
+    /// A disconnected worker's leases are dropped, their tasks never resumed.
+    ForgetLostLeases,
+    /// Leases never lapse by deadline.
+    NeverLapse,
+    /// Progress is acknowledged but does not extend the lease.
+    ProgressIgnored,
+    /// Results are fenced by holder only, not by epoch, while the task runs.
+    AcceptStaleEpoch,
+    /// A repeated result is accepted and delivered again.
+    DeliverDuplicateResult,
+    /// A repeated result is refused DUPLICATE, but captured a second time.
+    CaptureTwice,
+    /// Outputs are not checked: a malformed one is accepted and delivered.
+    AcceptMalformedResult,
+    /// A dead-lettered intent's reservation is never released.
+    NoRefundOnDeadLetter,
+    /// Non-retryable failures are retried.
+    RetryNonRetryable,
+    /// Health says healthy whatever the heartbeats.
+    HealthIgnoresHeartbeats,
+    /// A worker once unhealthy stays unhealthy after its heartbeats resume.
+    StuckUnhealthy,
+    // ---- tokens and audit: the token workload's and the audit log's bugs.
+    /// The funds check counts money held for intents in flight as available, so racing
+    /// submissions overdraw the wallet.
+    OverdrawOnRace,
+    /// Idempotency keys are ignored: every submission is a new intent.
+    IgnoreIdempotencyKey,
+    /// A succeeded intent is captured and then released in full.
+    CaptureAndRelease,
+    /// Captures leave out the fee leg: money disappears.
+    DropFeeLeg,
+    /// A capture pays the worker of the first attempt, not the one whose result was accepted.
+    PayFirstAttemptWorker,
+    /// Statements leave out mint entries.
+    StatementOmitsMints,
+    /// Audit hashes do not cover `prev_hash`: the chain does not verify.
+    BrokenAuditChain,
+    /// Captures are not recorded in the audit log.
+    SkipAuditRecord,
+    /// The audit export's `next_after` skips one record at each page boundary.
+    PagingDropsRecord,
+    // ---- dispatch: load, overload and fairness bugs.
+    /// Under overload, submissions beyond the limits are silently ignored instead of refused.
+    DropUnderOverload,
+    /// One global FIFO queue, no per-wallet limit: a heavy wallet starves the others.
+    FifoUnfair,
+    /// Every terminal event is sent twice.
+    DoubleTerminal,
+    /// Every intent waits 1.5 s in the queue even when the worker is free.
+    SlowDispatch,
 }
 
-#[derive(Default)]
-struct State {
-    workers: BTreeMap<String, bool>,
-}
+type State = super::fake_broker::Broker;
 
 /// A running test double.
 pub struct FakeRealm {
     /// `127.0.0.1:PORT`.
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    ticker: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for FakeRealm {
     fn drop(&mut self) {
         self.task.abort();
+        self.ticker.abort();
     }
 }
 
@@ -82,6 +137,17 @@ impl Drop for FakeRealm {
 pub const REALM_ID: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 /// The enrolment token it accepts.
 pub const TOKEN: &str = "fake-realm-enrolment-token";
+/// The sysop's secret seed (hex), for the harness manifest's `credentials.sysop_secret`.
+pub const SYSOP_SECRET: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+
+fn sysop_key() -> String {
+    let seed = [0x5a_u8; 32];
+    hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&seed)
+            .verifying_key()
+            .to_bytes(),
+    )
+}
 
 /// Starts the double on an ephemeral loopback port.
 pub async fn start(defect: Option<Defect>) -> FakeRealm {
@@ -89,8 +155,15 @@ pub async fn start(defect: Option<Defect>) -> FakeRealm {
         .await
         .expect("bind loopback");
     let addr = listener.local_addr().expect("addr");
-    let state = Arc::new(Mutex::new(State::default()));
+    let state = Arc::new(Mutex::new(State::new(defect, sysop_key())));
     let contract = Arc::new(Contract::embedded().expect("contract"));
+    let clock = state.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            clock.lock().expect("state").tick();
+        }
+    });
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let state = state.clone();
@@ -104,7 +177,7 @@ pub async fn start(defect: Option<Defect>) -> FakeRealm {
             });
         }
     });
-    FakeRealm { addr, task }
+    FakeRealm { addr, task, ticker }
 }
 
 async fn serve(
@@ -144,18 +217,92 @@ async fn serve(
             };
             socket(ws, path == "/v1/worker", defect, state, contract).await;
         }
-        _ => http(stream, &path, defect, &state).await,
+        _ => http(stream, &path, &head, defect, &state).await,
     }
 }
 
-async fn http(mut stream: TcpStream, path: &str, defect: Option<Defect>, state: &Mutex<State>) {
+/// A query parameter of a request target.
+fn query(path: &str, name: &str) -> Option<u64> {
+    path.split_once('?')?.1.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| v.parse().ok()).flatten()
+    })
+}
+
+/// Section 3.3: the signer of a signed request, or the 401 to answer (recorded as `auth.failed`).
+fn signer(path: &str, head: &str, state: &Mutex<State>) -> Result<String, (u16, String)> {
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    };
+    let route = path.split('?').next().unwrap_or(path);
+    let refuse = |code: &str, actor: &str| {
+        state.lock().expect("state").auth_failed(actor, route, code);
+        (
+            401,
+            format!("{{\"code\":\"{code}\",\"message\":\"{code}\"}}"),
+        )
+    };
+    let (Some(key), Some(ts), Some(sig)) = (
+        header("MTOR-Key"),
+        header("MTOR-Timestamp"),
+        header("MTOR-Signature"),
+    ) else {
+        return Err(refuse("UNAUTHENTICATED", "unknown"));
+    };
+    if !verify(&key, &format!("MTOR/1 rest\nGET\n{path}\n{ts}"), &sig) {
+        return Err(refuse("BAD_SIGNATURE", &key));
+    }
+    Ok(key)
+}
+
+async fn http(
+    mut stream: TcpStream,
+    path: &str,
+    head: &str,
+    defect: Option<Defect>,
+    state: &Mutex<State>,
+) {
+    let wallet_path = path
+        .strip_prefix("/v1/wallets/")
+        .and_then(|rest| rest.split_once('/'));
     let mut sink = vec![0u8; 8192];
     let _ = stream.read(&mut sink).await;
+    let signed =
+        wallet_path.is_some() || path.starts_with("/v1/ledger") || path.starts_with("/v1/audit");
+    let who = if signed {
+        Some(signer(path, head, state))
+    } else {
+        None
+    };
+    let after = query(path, "after").unwrap_or(0);
+    let limit = query(path, "limit").unwrap_or(100);
     let root = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../fixtures/corpus/valid/rest/"
     );
     let (status, body) = match path {
+        _ if matches!(who, Some(Err(_))) => who.and_then(Result::err).unwrap_or_default(),
+        _ if path.starts_with("/v1/ledger?") => (
+            200,
+            state
+                .lock()
+                .expect("state")
+                .ledger_json(after, limit)
+                .to_string(),
+        ),
+        _ if path.starts_with("/v1/audit?") => (
+            200,
+            state
+                .lock()
+                .expect("state")
+                .audit_json(after, limit)
+                .to_string(),
+        ),
         "/v1/manifest" => {
             let mut m: Value = serde_json::from_str(
                 &std::fs::read_to_string(format!("{root}manifest.json")).unwrap_or_default(),
@@ -166,6 +313,7 @@ async fn http(mut stream: TcpStream, path: &str, defect: Option<Defect>, state: 
                     o.remove("licence");
                 }
             }
+            m["lease"] = super::fake_broker::lease_json();
             (200, m.to_string())
         }
         "/v1/health" => {
@@ -174,21 +322,7 @@ async fn http(mut stream: TcpStream, path: &str, defect: Option<Defect>, state: 
             )
             .unwrap_or(Value::Null);
             let template = h["workers"].get(0).cloned().unwrap_or(Value::Null);
-            let workers: Vec<Value> = if defect == Some(Defect::HealthWithoutWorkers) {
-                Vec::new()
-            } else {
-                let s = state.lock().expect("state");
-                s.workers
-                    .iter()
-                    .filter(|(_, alive)| **alive || defect == Some(Defect::HealthKeepsDeadWorkers))
-                    .map(|(id, _)| {
-                        let mut w = template.clone();
-                        w["worker_id"] = json!(id);
-                        w["state"] = json!("healthy");
-                        w
-                    })
-                    .collect()
-            };
+            let workers = state.lock().expect("state").health_workers(&template);
             h["workers"] = json!(workers);
             (200, h.to_string())
         }
@@ -208,6 +342,21 @@ async fn http(mut stream: TcpStream, path: &str, defect: Option<Defect>, state: 
                 names.retain(|n| !n.starts_with("mtor_tasks_redispatched_total"));
             }
             (200, names.join("\n") + "\n")
+        }
+        _ if wallet_path.is_some_and(|(_, rest)| rest == "balance") => {
+            let key = wallet_path.map_or("", |(k, _)| k);
+            (
+                200,
+                state.lock().expect("state").balance_json(key).to_string(),
+            )
+        }
+        _ if wallet_path.is_some_and(|(_, rest)| rest.starts_with("statement")) => {
+            let (key, _) = wallet_path.unwrap_or_default();
+            let page = state
+                .lock()
+                .expect("state")
+                .statement_page(key, after, limit);
+            (200, page.to_string())
         }
         _ => (
             404,
@@ -290,9 +439,27 @@ async fn socket(
 ) {
     let is = |d: Defect| defect == Some(d);
     let mut pending: Option<(String, String)> = None; // (key, nonce)
+    let mut pending_intents: Option<Vec<String>> = None;
+    let mut pending_concurrency = 1usize;
     let mut session: Option<String> = None;
     let mut worker_id: Option<String> = None;
-    while let Some(Ok(msg)) = ws.next().await {
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let conn = state.lock().expect("state").conn();
+    loop {
+        let msg = tokio::select! {
+            m = ws.next() => match m {
+                Some(Ok(m)) => m,
+                _ => break,
+            },
+            out = rx.recv() => {
+                // Frames the broker pushes: task assignments, receipts, intent events.
+                let Some(frame) = out else { break };
+                if ws.send(Message::text(frame)).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
         let text = match msg {
             Message::Text(t) => t.to_string(),
             Message::Binary(b) if is(Defect::AcceptBinary) => {
@@ -421,7 +588,11 @@ async fn socket(
                 .await;
             continue;
         }
-        if kind == "wallet.mint" && session.is_some() {
+        if kind == "wallet.mint"
+            && session
+                .as_deref()
+                .is_some_and(|k| !state.lock().expect("state").is_sysop(k))
+        {
             let _ = ws
                 .send(Message::text(reply("FORBIDDEN", id.as_deref()).to_string()))
                 .await;
@@ -460,6 +631,11 @@ async fn socket(
         let out = match kind.as_str() {
             "session.hello" | "worker.register" => {
                 if kind == "worker.register" && ev["body"]["token"] != TOKEN {
+                    let claimed = ev["body"]["worker_key"].as_str().unwrap_or("unknown");
+                    state
+                        .lock()
+                        .expect("state")
+                        .auth_failed(claimed, "/v1/worker", "BAD_TOKEN");
                     reply("BAD_TOKEN", id.as_deref())
                 } else {
                     let key = ev["body"]["wallet"]
@@ -469,6 +645,15 @@ async fn socket(
                         .to_owned();
                     let nonce = new_id() + &new_id();
                     pending = Some((key, nonce.clone()));
+                    if kind == "worker.register" {
+                        pending_intents = ev["body"]["intents"].as_array().map(|a| {
+                            a.iter()
+                                .filter_map(|v| v.as_str().map(str::to_owned))
+                                .collect()
+                        });
+                        pending_concurrency =
+                            ev["body"]["concurrency"].as_u64().unwrap_or(1) as usize;
+                    }
                     event(
                         "session.challenge",
                         id.as_deref(),
@@ -486,22 +671,29 @@ async fn socket(
                             ev["body"]["signature"].as_str().unwrap_or(""),
                         );
                     if !ok {
-                        reply("BAD_SIGNATURE", id.as_deref())
-                    } else if worker_channel {
-                        let wid = new_id();
+                        let channel = if worker_channel {
+                            "/v1/worker"
+                        } else {
+                            "/v1/client"
+                        };
                         state
                             .lock()
                             .expect("state")
-                            .workers
-                            .insert(wid.clone(), true);
-                        worker_id = Some(wid.clone());
-                        event(
-                            "worker.enrolled",
-                            id.as_deref(),
-                            json!({"worker_id": wid, "heartbeat_interval_ms": 500, "lease_ms": 10000, "max_attempts": 3}),
-                        )
+                            .auth_failed(&key, channel, "BAD_SIGNATURE");
+                        reply("BAD_SIGNATURE", id.as_deref())
+                    } else if worker_channel {
+                        let intents: Vec<String> = pending_intents.take().unwrap_or_default();
+                        let (wid, body) = state.lock().expect("state").enrol(
+                            &key,
+                            intents,
+                            pending_concurrency,
+                            tx.clone(),
+                        );
+                        worker_id = Some(wid);
+                        event("worker.enrolled", id.as_deref(), body)
                     } else {
                         session = Some(key.clone());
+                        state.lock().expect("state").session_open(conn, tx.clone());
                         let limits = if is(Defect::EmitWrongTypedField) {
                             json!({"max_frame_bytes": "1MiB", "max_depth": 32, "rate_per_s": 100, "burst": 200})
                         } else {
@@ -515,22 +707,52 @@ async fn socket(
                     }
                 }
             },
-            "worker.heartbeat" => continue,
+            "worker.heartbeat" => {
+                if let Some(w) = &worker_id {
+                    state.lock().expect("state").heartbeat(w);
+                }
+                continue;
+            }
+            "task.progress" | "task.result" | "task.failure" => match &worker_id {
+                Some(w) => state.lock().expect("state").task(w, &ev),
+                None => reply("UNAUTHENTICATED", id.as_deref()),
+            },
+            "wallet.mint" => state
+                .lock()
+                .expect("state")
+                .mint(id.as_deref(), &ev["body"]),
+            "intent.cancel" if session.is_some() => {
+                let wallet = session.clone().unwrap_or_default();
+                state.lock().expect("state").cancel(&wallet, &ev)
+            }
+            "intent.fetch" if session.is_some() => {
+                let wallet = session.clone().unwrap_or_default();
+                state.lock().expect("state").fetch(&wallet, &ev)
+            }
             "intent.fetch" | "intent.cancel" => reply("NOT_FOUND", id.as_deref()),
-            "intent.submit" => event(
-                "intent.rejected",
-                id.as_deref(),
-                json!({"idempotency_key": ev["body"]["idempotency_key"], "code": "INFEASIBLE", "message": "no worker"}),
-            ),
+            "intent.submit" => match &session {
+                Some(wallet) => state.lock().expect("state").submit(conn, wallet, &ev),
+                None => event(
+                    "intent.rejected",
+                    id.as_deref(),
+                    json!({"idempotency_key": ev["body"]["idempotency_key"], "code": "INFEASIBLE", "message": "no worker"}),
+                ),
+            },
             _ => reply("FORBIDDEN", id.as_deref()),
         };
         let out = answer(out);
+        // Null: the broker already queued its answer (and what follows from it) in order.
+        if out.is_null() {
+            continue;
+        }
         if ws.send(Message::text(out.to_string())).await.is_err() {
             break;
         }
     }
-    if let Some(w) = worker_id {
-        state.lock().expect("state").workers.insert(w, false);
+    let mut s = state.lock().expect("state");
+    match worker_id {
+        Some(w) => s.worker_lost(&w),
+        None => s.session_close(conn),
     }
 }
 

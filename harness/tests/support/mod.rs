@@ -1,1 +1,2 @@
+pub mod fake_broker;
 pub mod fake_realm;
