@@ -14,8 +14,10 @@ use mtor_harness::verdict::{CaseResult, Mode, Verdict};
 use support::fake_realm::{self, Defect};
 
 fn out_dir(name: &str) -> PathBuf {
+    // Per process: two test runs at once (say, a developer's and a CI script's) must not
+    // share, and corrupt, each other's journals.
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("run_cases")
+        .join(format!("run_cases-{}", std::process::id()))
         .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     dir
