@@ -106,6 +106,28 @@ macro_rules! defect_test {
             assert_eq!(failing(&cases), fails(&[$($case),+]), "{:#?}", cases.iter().filter(|c| c.verdict != Verdict::Pass).collect::<Vec<_>>());
         }
     };
+    // `maybe`: cases whose randomised workload reaches the defect only in some runs (the token
+    // workload dead-letters or crashes a task only when timing makes it so). They may FAIL or
+    // be UNKNOWN, never anything else; the required cases must FAIL every time.
+    ($name:ident, $defect:expr, [$($case:literal),+ $(,)?], maybe [$($maybe:literal),+ $(,)?]) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let cases = run_against(Some($defect), stringify!($name)).await;
+            let got = failing(&cases);
+            let required = fails(&[$($case),+]);
+            let maybe: &[&str] = &[$($maybe),+];
+            let allowed = |entry: &String| {
+                maybe.iter().any(|id| *entry == format!("{id} FAIL") || *entry == format!("{id} UNKNOWN"))
+            };
+            let detail = cases.iter().filter(|c| c.verdict != Verdict::Pass).collect::<Vec<_>>();
+            assert!(required.is_subset(&got), "required failures missing: {:#?}", detail);
+            assert!(
+                got.iter().all(|e| required.contains(e) || allowed(e)),
+                "unmapped failures: {:#?}",
+                detail
+            );
+        }
+    };
 }
 
 defect_test!(
@@ -238,7 +260,9 @@ defect_test!(
 defect_test!(
     forgetting_a_lost_workers_leases_is_caught,
     Defect::ForgetLostLeases,
-    ["workers.crash-after-accept"]
+    ["workers.crash-after-accept"],
+    // The token workload's crashed tasks are never re-dispatched either.
+    maybe ["tokens.worker-earnings", "tokens.settle-once", "tokens.conservation", "audit.critical-events-recorded"]
 );
 defect_test!(
     leases_that_never_lapse_are_caught,
@@ -290,7 +314,9 @@ defect_test!(
         "workers.dead-letter",
         // intent.failed announces a release that is never recorded.
         "audit.critical-events-recorded"
-    ]
+    ],
+    // When the token workload dead-letters one of its own intents, the missing release shows.
+    maybe ["tokens.conservation", "tokens.settle-once", "tokens.no-overdraft", "tokens.worker-earnings"]
 );
 defect_test!(
     retrying_a_non_retryable_failure_is_caught,
