@@ -19,7 +19,6 @@ pub mod recovery;
 pub mod report;
 pub mod run;
 pub mod scripted;
-pub mod security;
 pub mod target;
 pub mod tokens;
 pub mod verdict;
