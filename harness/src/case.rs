@@ -29,6 +29,7 @@ pub const KINDS: &[&str] = &[
     crate::tokens::KIND,
     crate::audit::KIND,
     crate::load::KIND,
+    crate::security::KIND,
 ];
 
 /// What a driver needs.
@@ -108,6 +109,7 @@ pub async fn drive(ctx: &Ctx<'_>) {
         crate::tokens::KIND => crate::tokens::drive(ctx).await,
         crate::audit::KIND => crate::audit::drive(ctx).await,
         crate::load::KIND => crate::load::drive(ctx).await,
+        crate::security::KIND => crate::security::drive(ctx).await,
         other => ctx.abort(format!("this harness has no driver for kind `{other}`")),
     }
 }

@@ -175,6 +175,7 @@ pub fn check(spec: &CaseSpec, all: &[Record], contract: &Contract) -> Judgement 
         crate::worker_faults::KIND => crate::worker_faults::check(spec, &records),
         crate::tokens::KIND => crate::tokens::check(spec, all, &records),
         crate::audit::KIND => crate::audit::check(spec, all, &records, contract),
+        crate::security::KIND => crate::security::check(spec, &records),
         other => Judgement::new(
             Outcome::Unknown,
             format!("no checker for case kind `{other}` in this harness version"),

@@ -19,6 +19,7 @@ pub mod recovery;
 pub mod report;
 pub mod run;
 pub mod scripted;
+pub mod security;
 pub mod target;
 pub mod tokens;
 pub mod verdict;

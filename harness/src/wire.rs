@@ -505,6 +505,25 @@ pub async fn http_get_signed(
     get(base, path, &headers, journal, case, deadline).await
 }
 
+/// [`http_get_signed`] with a given `MTOR-Timestamp` (signed over it): a request captured and
+/// replayed later, or prepared in advance, which a realm must refuse outside its 60 s window.
+pub async fn http_get_signed_at(
+    base: &str,
+    path: &str,
+    who: &Identity,
+    ts: &str,
+    journal: &Journal,
+    case: Option<&str>,
+    deadline: Instant,
+) -> Result<(u16, String), WireError> {
+    let signature = who.sign_hex(format!("MTOR/1 rest\nGET\n{path}\n{ts}").as_bytes());
+    let headers = format!(
+        "MTOR-Key: {}\r\nMTOR-Timestamp: {ts}\r\nMTOR-Signature: {signature}\r\n",
+        who.public_hex()
+    );
+    get(base, path, &headers, journal, case, deadline).await
+}
+
 /// A GET that claims to come from `claimed` but is signed by `signer`: a forged signed request,
 /// which a realm must refuse with 401 `BAD_SIGNATURE` and record as `auth.failed`.
 pub async fn http_get_forged(

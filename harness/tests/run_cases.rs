@@ -394,6 +394,49 @@ defect_test!(
     ["audit.paging-complete"]
 );
 
+// ---- security: impersonation, token theft, injection and amplification.
+
+defect_test!(
+    security_any_enrolment_token_is_caught,
+    Defect::AcceptAnyToken,
+    ["security.worker-bad-token"]
+);
+defect_test!(
+    security_mint_by_any_wallet_is_caught,
+    Defect::MintByAnyone,
+    // The actor's mint into the observer's wallet is then answered with wallet.minted, which
+    // names the observer's key to the actor.
+    [
+        "security.sysop-mint-forbidden",
+        "security.no-wallet-broadcast"
+    ]
+);
+defect_test!(
+    security_rest_without_owner_check_is_caught,
+    Defect::RestAnySigner,
+    ["security.rest-wrong-signer"]
+);
+defect_test!(
+    security_rest_without_timestamp_check_is_caught,
+    Defect::NoTimestampCheck,
+    ["security.rest-replay"]
+);
+defect_test!(
+    security_naive_static_files_are_caught,
+    Defect::ServeStaticNaively,
+    ["security.path-traversal"]
+);
+defect_test!(
+    security_errors_echoing_the_frame_are_caught,
+    Defect::EchoInErrors,
+    ["security.no-wallet-broadcast"]
+);
+defect_test!(
+    security_refusals_sent_to_everyone_are_caught,
+    Defect::RefusalsToAll,
+    ["security.no-amplification"]
+);
+
 // ---- dispatch: the load cases against their own defects, one load test at a time.
 
 /// Load tests run alone: beside another test in the same process they would share its CPU (which

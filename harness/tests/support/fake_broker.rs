@@ -162,6 +162,20 @@ impl Broker {
         key == self.sysop
     }
 
+    /// Whether the double runs with defect `d`.
+    pub fn is_defect(&self, d: Defect) -> bool {
+        self.is(d)
+    }
+
+    /// Sends `frame` to every client session but `except`'s (the `RefusalsToAll` bug).
+    pub fn broadcast(&self, frame: &Value, except: u64) {
+        for (conn, tx) in &self.sessions {
+            if *conn != except {
+                send(tx, frame.clone());
+            }
+        }
+    }
+
     // ---------------------------------------------------------------- ledger
 
     fn post(&mut self, kind: &str, intent: Option<&str>, idem: &str, postings: &[(String, i64)]) {

@@ -114,6 +114,21 @@ pub enum Defect {
     DoubleTerminal,
     /// Every intent waits 1.5 s in the queue even when the worker is free.
     SlowDispatch,
+    // ---- security: impersonation, token theft, injection and amplification bugs.
+    /// `worker.register` is challenged whatever its token.
+    AcceptAnyToken,
+    /// `wallet.mint` is honoured in any session, not only the sysop's.
+    MintByAnyone,
+    /// Signed REST reads check the signature but not who may read (no TRN-11 check).
+    RestAnySigner,
+    /// Signed REST requests are accepted whatever their `MTOR-Timestamp`.
+    NoTimestampCheck,
+    /// `/static/...` is joined onto a directory after percent-decoding, `..` and all.
+    ServeStaticNaively,
+    /// A refused `wallet.mint` is answered with an error whose message echoes the frame's body.
+    EchoInErrors,
+    /// A refused `wallet.mint`'s error is also sent to every other client session.
+    RefusalsToAll,
 }
 
 type State = super::fake_broker::Broker;
@@ -257,7 +272,45 @@ fn signer(path: &str, head: &str, state: &Mutex<State>) -> Result<String, (u16, 
     if !verify(&key, &format!("MTOR/1 rest\nGET\n{path}\n{ts}"), &sig) {
         return Err(refuse("BAD_SIGNATURE", &key));
     }
+    // TRN-10: 60 s either way of the double's clock.
+    let skew = humantime::parse_rfc3339(&ts).ok().and_then(|at| {
+        let now = std::time::SystemTime::now();
+        now.duration_since(at)
+            .or_else(|_| at.duration_since(now))
+            .ok()
+    });
+    let no_check = state
+        .lock()
+        .expect("state")
+        .is_defect(Defect::NoTimestampCheck);
+    if !no_check && skew.is_none_or(|d| d > Duration::from_secs(60)) {
+        return Err(refuse("CHALLENGE_EXPIRED", &key));
+    }
     Ok(key)
+}
+
+/// Percent-decoding as a naive static file server does it (for `ServeStaticNaively`).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn http(
@@ -285,8 +338,31 @@ async fn http(
         env!("CARGO_MANIFEST_DIR"),
         "/../fixtures/corpus/valid/rest/"
     );
+    // TRN-11: a wallet path for its own key or the sysop; the exports for the sysop only.
+    let allowed = match &who {
+        Some(Ok(key)) => {
+            defect == Some(Defect::RestAnySigner)
+                || state.lock().expect("state").is_sysop(key)
+                || wallet_path.is_some_and(|(k, _)| k == key)
+        }
+        _ => true,
+    };
     let (status, body) = match path {
         _ if matches!(who, Some(Err(_))) => who.and_then(Result::err).unwrap_or_default(),
+        _ if !allowed => (
+            403,
+            "{\"code\":\"FORBIDDEN\",\"message\":\"not yours to read\"}".to_owned(),
+        ),
+        _ if defect == Some(Defect::ServeStaticNaively) && path.starts_with("/static/") => {
+            let file = format!("{root}{}", percent_decode(&path["/static/".len()..]));
+            match std::fs::read_to_string(&file) {
+                Ok(text) => (200, text),
+                Err(_) => (
+                    404,
+                    "{\"code\":\"NOT_FOUND\",\"message\":\"no such file\"}".to_owned(),
+                ),
+            }
+        }
         _ if path.starts_with("/v1/ledger?") => (
             200,
             state
@@ -589,13 +665,23 @@ async fn socket(
             continue;
         }
         if kind == "wallet.mint"
+            && !is(Defect::MintByAnyone)
             && session
                 .as_deref()
                 .is_some_and(|k| !state.lock().expect("state").is_sysop(k))
         {
-            let _ = ws
-                .send(Message::text(reply("FORBIDDEN", id.as_deref()).to_string()))
-                .await;
+            let mut refusal = reply("FORBIDDEN", id.as_deref());
+            if is(Defect::EchoInErrors) {
+                let echo: String = format!("FORBIDDEN: {}", ev["body"])
+                    .chars()
+                    .take(500)
+                    .collect();
+                refusal["body"]["message"] = json!(echo);
+            }
+            if is(Defect::RefusalsToAll) {
+                state.lock().expect("state").broadcast(&refusal, conn);
+            }
+            let _ = ws.send(Message::text(refusal.to_string())).await;
             continue;
         }
         let checked = if is(Defect::AcceptExtraBodyField) && kind.starts_with("intent.") {
@@ -630,7 +716,10 @@ async fn socket(
         }
         let out = match kind.as_str() {
             "session.hello" | "worker.register" => {
-                if kind == "worker.register" && ev["body"]["token"] != TOKEN {
+                if kind == "worker.register"
+                    && ev["body"]["token"] != TOKEN
+                    && !is(Defect::AcceptAnyToken)
+                {
                     let claimed = ev["body"]["worker_key"].as_str().unwrap_or("unknown");
                     state
                         .lock()
