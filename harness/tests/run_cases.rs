@@ -169,6 +169,8 @@ defect_test!(
         "events.wrong-channel",
         "events.forged-session",
         "events.generated",
+        "security.worker-bad-token",
+        "security.sysop-mint-forbidden",
     ]
 );
 defect_test!(
