@@ -544,7 +544,16 @@ pub fn append_tx(
         prev_hash: head.hash,
         hash: String::new(),
     };
-    record.hash = record.compute_hash()?;
+    record.hash = if crate::defect::on(crate::defect::Defect::BrokenAuditChain) {
+        // Seeded defect `broken-audit-chain`: the hash leaves out the link to the previous one.
+        Record {
+            prev_hash: GENESIS_HASH.to_owned(),
+            ..record.clone()
+        }
+        .compute_hash()?
+    } else {
+        record.compute_hash()?
+    };
     let seq = i64::try_from(record.seq).map_err(|_| AuditError::Corrupt {
         seq: i64::MAX,
         reason: "seq overflow".to_owned(),
@@ -657,7 +666,9 @@ pub fn export_on(conn: &Connection, after: u64, limit: u32) -> Result<AuditExpor
         .collect::<Result<Vec<_>, _>>()?;
     let next_after = if records.len() > limit as usize {
         records.truncate(limit as usize);
-        records.last().map(|r| r.seq)
+        // Seeded defect `paging-drops-record`: an off-by-one cursor skips a record per page.
+        let skip = u64::from(crate::defect::on(crate::defect::Defect::PagingDropsRecord));
+        records.last().map(|r| r.seq + skip)
     } else {
         None
     };

@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::audit::{self, AuditError};
 use crate::config::RealmConfig;
+use crate::defect::{self, Defect};
 use crate::identity;
 use crate::intents;
 use crate::lease::{Disposition, LeaseConfig, LeaseError, LeaseTable};
@@ -293,6 +294,11 @@ pub enum BrokerMsg {
     Stopping,
     /// Asks for a snapshot.
     Snapshot(oneshot::Sender<Snapshot>),
+    /// Seeded defect `refusals-to-all`: a frame for every client session.
+    SeededBroadcast {
+        /// The frame.
+        frame: String,
+    },
     /// A store job finished (internal).
     Done(Box<Done>),
     /// Stop: cancel running tasks with `realm_shutdown` and return.
@@ -499,6 +505,10 @@ struct Broker {
     /// Settled tasks kept in the lease table for a while so late reports read DUPLICATE /
     /// LEASE_EXPIRED rather than unknown: (settled at ms, task id).
     finished: VecDeque<(u64, String)>,
+    /// Seeded defect `health-keeps-dead-workers`: departed workers, still reported healthy.
+    departed: Vec<WorkerHealth>,
+    /// Inside `tick` (seeded defect `slow-dispatch` dispatches only there).
+    ticking: bool,
 }
 
 #[derive(Debug)]
@@ -539,11 +549,17 @@ pub fn spawn(
         grace_ms: config.lease.grace_ms,
         max_attempts: config.lease.max_attempts,
     };
-    let queue_cfg = QueueConfig {
+    let mut queue_cfg = QueueConfig {
         capacity: config.limits.queue_capacity,
         per_wallet_inflight: config.limits.per_wallet_inflight,
         ..QueueConfig::default()
     };
+    if defect::on(Defect::UnboundedQueue) {
+        queue_cfg.capacity = usize::MAX / 2;
+    }
+    if defect::on(Defect::UnboundedQueue) || defect::on(Defect::FifoUnfair) {
+        queue_cfg.per_wallet_inflight = usize::MAX / 2;
+    }
     let mut broker = Broker {
         leases: LeaseTable::new(lease_cfg, floor)
             .map_err(|e| BrokerError::Corrupt(e.to_string()))?,
@@ -563,10 +579,35 @@ pub fn spawn(
         counters: Counters::default(),
         stopping: false,
         finished: VecDeque::new(),
+        departed: Vec::new(),
+        ticking: false,
     };
     broker.recover()?;
     let join = tokio::spawn(broker.run(rx));
     Ok((BrokerHandle { tx }, join))
+}
+
+/// Seeded defect `no-refund-on-dead-letter`: the settlement a dead letter reports when nothing
+/// is released (the hold stays where it is).
+fn unrefunded(tx: &crate::store::WriteTx<'_>, intent_id: &str) -> Result<Settlement, BrokerError> {
+    let r = ledger::reservation_on(tx, intent_id)?
+        .ok_or_else(|| BrokerError::Corrupt(format!("no reservation for {intent_id}")))?;
+    Ok(Settlement {
+        intent_id: intent_id.to_owned(),
+        wallet: r.wallet,
+        outcome: ledger::SettlementOutcome::Released,
+        reserved: r.amount,
+        cost: 0,
+        fee: 0,
+        earned: 0,
+        released: 0,
+        worker_key: None,
+        fee_bps: None,
+        capture_seq: None,
+        release_seq: None,
+        ts: now_rfc3339(),
+        replayed: false,
+    })
 }
 
 fn body_hash(s: &Submit) -> String {
@@ -595,6 +636,9 @@ impl Broker {
     }
 
     fn recover(&mut self) -> Result<(), BrokerError> {
+        if defect::on(Defect::ForgetUnfinishedOnRestart) {
+            return Ok(());
+        }
         type Row = (
             String,
             String,
@@ -813,6 +857,11 @@ impl Broker {
             BrokerMsg::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
+            BrokerMsg::SeededBroadcast { frame } => {
+                for s in self.sessions.values() {
+                    send(&s.tx, frame.clone());
+                }
+            }
             BrokerMsg::Done(done) => self.done(*done),
             BrokerMsg::Shutdown => {}
         }
@@ -927,7 +976,11 @@ impl Broker {
         let store = self.store.clone();
         let back = self.self_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let binding = read_binding(&store, &wallet, &submit.idempotency_key);
+            let binding = if defect::on(Defect::IgnoreIdempotencyKey) {
+                Ok(None)
+            } else {
+                read_binding(&store, &wallet, &submit.idempotency_key)
+            };
             let _ = back.send(BrokerMsg::Done(Box::new(Done::Bound {
                 session_id,
                 corr,
@@ -1005,8 +1058,10 @@ impl Broker {
         let pending_wallet = self.pending.get(&wallet).copied().unwrap_or(0);
         let pending_total: usize = self.pending.values().sum();
         let retry = self.queue.retry_after_ms(now);
+        let no_wallet_limit = defect::on(Defect::UnboundedQueue) || defect::on(Defect::FifoUnfair);
         if self.queue.wallet_inflight(&wallet) + pending_wallet
             >= self.config.limits.per_wallet_inflight
+            && !no_wallet_limit
         {
             let m = format!(
                 "the wallet has {} intents queued or running, its limit",
@@ -1014,7 +1069,9 @@ impl Broker {
             );
             return self.reject(&session_id, &corr, &key, Code::RateLimited, &m, Some(retry));
         }
-        if self.queue.depth() + pending_total >= self.config.limits.queue_capacity {
+        if self.queue.depth() + pending_total >= self.config.limits.queue_capacity
+            && !defect::on(Defect::UnboundedQueue)
+        {
             return self.reject(
                 &session_id,
                 &corr,
@@ -1031,7 +1088,14 @@ impl Broker {
         let job_wallet = wallet.clone();
         let submit_id = corr.clone();
         let job = move |tx: &crate::store::WriteTx<'_>| -> Result<Admitted, BrokerError> {
-            if let Some(row) = read_binding_on(tx, &job_wallet, &job_submit.idempotency_key)? {
+            // Seeded defect `ignore-idempotency-key`: the key is never consulted; each
+            // submission is stored under a key of its own.
+            let stored_key = if defect::on(Defect::IgnoreIdempotencyKey) {
+                intent_id.clone()
+            } else {
+                job_submit.idempotency_key.clone()
+            };
+            if let Some(row) = read_binding_on(tx, &job_wallet, &stored_key)? {
                 return Ok(Admitted::Replay(Box::new(row)));
             }
             let reservation = ledger::reserve_tx(
@@ -1039,7 +1103,7 @@ impl Broker {
                 &job_wallet,
                 &intent_id,
                 job_submit.max_cost,
-                &job_submit.idempotency_key,
+                &stored_key,
             )?;
             let now = now_rfc3339();
             tx.prepare_cached(
@@ -1054,7 +1118,7 @@ impl Broker {
                 job_submit.intent,
                 job_submit.input.to_string(),
                 i64::try_from(job_submit.max_cost).unwrap_or(i64::MAX),
-                job_submit.idempotency_key,
+                stored_key,
                 hash,
                 i64::from(job_submit.priority),
                 now,
@@ -1236,6 +1300,11 @@ impl Broker {
         if self.queue.depth() == 0 {
             return;
         }
+        // Seeded defect `slow-dispatch`: only the tick dispatches, one task at a time.
+        let slow = defect::on(Defect::SlowDispatch);
+        if slow && !self.ticking {
+            return;
+        }
         let now = self.now_ms();
         loop {
             let mut candidates: Vec<(u64, String, Vec<String>)> = self
@@ -1263,7 +1332,7 @@ impl Broker {
                     break;
                 }
             }
-            if !progressed || self.queue.depth() == 0 {
+            if !progressed || self.queue.depth() == 0 || slow {
                 break;
             }
         }
@@ -1426,6 +1495,17 @@ impl Broker {
                 }
             }
             TaskReport::Result { output, .. } => {
+                // Seeded defect `accept-stale-epoch`: a result for a running task is taken as
+                // the current attempt's, whoever sent it and whatever its epoch.
+                let (attempt, epoch, worker_id) = match self
+                    .leases
+                    .lease(&task_id)
+                    .filter(|_| defect::on(Defect::AcceptStaleEpoch))
+                    .filter(|_| self.leases.is_active(&task_id))
+                {
+                    Some(l) => (l.attempt, l.epoch, l.worker_id.clone()),
+                    None => (attempt, epoch, worker_id),
+                };
                 let current = self.leases.is_active(&task_id)
                     && self.leases.lease(&task_id).is_some_and(|l| {
                         l.attempt == attempt && l.epoch == epoch && l.worker_id == worker_id
@@ -1547,6 +1627,9 @@ impl Broker {
         let Some(live) = self.intents.get(task_id) else {
             return Ok(());
         };
+        if defect::on(Defect::AcceptMalformedResult) {
+            return Ok(());
+        }
         self.contract.check_output(&live.intent, output)?;
         if live.intent == "cert.probe" {
             let nonce = live
@@ -1656,7 +1739,10 @@ impl Broker {
                         &job_id,
                         &json!({"cost": s.cost, "units": 1, "attempts": attempts}),
                     )?;
-                    if let Some(seq) = s.capture_seq {
+                    if let Some(seq) = s
+                        .capture_seq
+                        .filter(|_| !defect::on(Defect::SkipCaptureAudit))
+                    {
                         audit::append_tx(
                             tx,
                             "ledger.capture",
@@ -1681,7 +1767,13 @@ impl Broker {
                     message,
                     attempts,
                 } => {
-                    let s = ledger::release_tx(tx, &job_id)?;
+                    let s = if *code == Code::DeadLettered
+                        && defect::on(Defect::NoRefundOnDeadLetter)
+                    {
+                        unrefunded(tx, &job_id)?
+                    } else {
+                        ledger::release_tx(tx, &job_id)?
+                    };
                     tx.execute(
                         "UPDATE realm_intents SET state = ?2, attempts = ?3, code = ?4, message = ?5,
                              released = ?6, updated_at = ?7 WHERE intent_id = ?1",
@@ -1813,6 +1905,9 @@ impl Broker {
             };
             delivered += self.intent_send(&others, kind, body);
         } else {
+            if defect::on(Defect::DoubleTerminal) {
+                self.intent_send(&live, kind, body.clone());
+            }
             delivered += self.intent_send(&live, kind, body);
         }
         if delivered > 0 {
@@ -1939,6 +2034,12 @@ impl Broker {
 
     /// Every 100 ms: reclaim lapsed leases, forget old settled tasks, dispatch.
     fn tick(&mut self) {
+        self.ticking = true;
+        self.tick_inner();
+        self.ticking = false;
+    }
+
+    fn tick_inner(&mut self) {
         let now = self.now_ms();
         for ended in self.leases.expire(now) {
             let lease = &ended.lease;
@@ -1984,10 +2085,25 @@ impl Broker {
             .get(&wid)
             .map(|w| w.key.clone())
             .unwrap_or_default();
+        if defect::on(Defect::HealthKeepsDeadWorkers) {
+            let gone = self
+                .registry
+                .snapshot(now)
+                .into_iter()
+                .filter(|w| w.worker_id == wid);
+            self.departed.extend(gone.map(|w| WorkerHealth {
+                state: Health::Healthy,
+                ..w
+            }));
+        }
         // Out of the registry before its leases are re-dispatched: `after_attempt` dispatches at
         // once, and must not hand the task straight back to the worker that just left.
         self.registry.remove(&wid);
-        for ended in self.leases.worker_lost(&wid) {
+        let lost = self.leases.worker_lost(&wid);
+        for ended in lost
+            .into_iter()
+            .filter(|_| !defect::on(Defect::ForgetLostLeases))
+        {
             self.counters.lapsed += 1;
             let lease = &ended.lease;
             info!(task = %lease.task_id, attempt = lease.attempt, epoch = lease.epoch, "lease lost with its worker");
@@ -2012,6 +2128,8 @@ impl Broker {
             .intents
             .get(&intent_id)
             .filter(|l| Some(&l.wallet) == wallet.as_ref())
+            // Seeded defect `cancel-by-session`: only the submitting session may cancel.
+            .filter(|l| !defect::on(Defect::CancelBySession) || l.attached.contains(&session_id))
             .map(|l| l.state);
         match state {
             None => return self.lookup(session_id, corr, intent_id, ReadPurpose::Cancel),
@@ -2056,6 +2174,18 @@ impl Broker {
     }
 
     fn fetch(&mut self, session_id: String, corr: String, intent_id: String) {
+        // Seeded defect `fetch-by-session`: only the session's own live intents are found.
+        if defect::on(Defect::FetchBySession)
+            && !self
+                .intents
+                .get(&intent_id)
+                .is_some_and(|l| l.attached.contains(&session_id))
+        {
+            return self.session_send(
+                &session_id,
+                wire::error_event(Code::NotFound, "no such intent", Some(&corr), None),
+            );
+        }
         self.lookup(session_id, corr, intent_id, ReadPurpose::Fetch);
     }
 
@@ -2098,7 +2228,12 @@ impl Broker {
         Snapshot {
             queue_depth: self.queue.depth(),
             running: self.queue.running(),
-            workers: self.registry.snapshot(self.now_ms()),
+            workers: self
+                .registry
+                .snapshot(self.now_ms())
+                .into_iter()
+                .chain(self.departed.iter().cloned())
+                .collect(),
             counters: self.counters.clone(),
             stopping: self.stopping,
         }

@@ -187,6 +187,10 @@ impl RealmConfig {
         let mut report = BootstrapReport::default();
 
         let realm_key_file = realm_key_path(&data_dir);
+        if crate::defect::on(crate::defect::Defect::NewKeyOnRestart) {
+            // Seeded defect `new-key-on-restart`: the key file is thrown away at every start.
+            let _ = std::fs::remove_file(&realm_key_file);
+        }
         let (realm_key, created) = KeyPair::load_or_create(&realm_key_file)?;
         report.realm_key_file = realm_key_file;
         report.realm_key_created = created;

@@ -72,6 +72,9 @@ pub fn estimated_cost(name: &str, input: &Value) -> Option<u64> {
 
 /// The worker key a `cert.probe` input pins its dispatch to (PRB-6), if any.
 pub fn pinned_key<'a>(name: &str, input: &'a Value) -> Option<&'a str> {
+    if crate::defect::on(crate::defect::Defect::PinIgnored) {
+        return None;
+    }
     (name == "cert.probe")
         .then(|| input.get("worker_key").and_then(Value::as_str))
         .flatten()

@@ -416,7 +416,11 @@ impl LeaseTable {
             .lease
             .as_mut()
             .ok_or_else(|| LeaseError::NotFound(task_id.to_owned()))?;
-        let new = old.max(now_ms.saturating_add(lease.lease_ms));
+        let new = if crate::defect::on(crate::defect::Defect::IgnoreProgress) {
+            old
+        } else {
+            old.max(now_ms.saturating_add(lease.lease_ms))
+        };
         lease.deadline_ms = new;
         self.deadlines.remove(&(old, task_id.to_owned()));
         self.deadlines.insert((new, task_id.to_owned()));
@@ -452,6 +456,7 @@ impl LeaseTable {
         retryable: bool,
     ) -> Result<Ended, LeaseError> {
         let lease = self.check(task_id, attempt, epoch, worker_id)?.clone();
+        let retryable = retryable || crate::defect::on(crate::defect::Defect::RetryNonRetryable);
         let disposition = if !retryable {
             Disposition::Fail
         } else {
@@ -476,6 +481,9 @@ impl LeaseTable {
     /// Reclaims every active lease whose `deadline + grace_ms` is before `now_ms`, oldest deadline
     /// first, each with its disposition (re-dispatch, or dead letter after `max_attempts`).
     pub fn expire(&mut self, now_ms: u64) -> Vec<Ended> {
+        if crate::defect::on(crate::defect::Defect::NeverLapse) {
+            return Vec::new();
+        }
         let grace = self.config.grace_ms;
         let due: Vec<String> = self
             .deadlines

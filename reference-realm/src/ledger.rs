@@ -729,8 +729,14 @@ fn apply_to_balance(
     let new = current
         .checked_add(delta)
         .ok_or_else(|| LedgerError::Overflow(format!("balance of {account}")))?;
+    // Seeded defects `overdraw-on-race` and `capture-and-release` also lack this second line
+    // of defence (for wallets, for holds): their bug reaches the books.
+    let unguarded = (crate::defect::on(crate::defect::Defect::OverdrawOnRace)
+        && account.starts_with("wallet:"))
+        || (crate::defect::on(crate::defect::Defect::CaptureAndRelease)
+            && account.starts_with("hold:"));
     if account != ISSUANCE_ACCOUNT {
-        if new < 0 {
+        if new < 0 && !unguarded {
             return Err(LedgerError::NegativeBalance {
                 account: account.to_owned(),
                 balance: i128::from(new),
@@ -890,7 +896,12 @@ pub fn reserve_tx(
             });
         }
         let account = wallet_account(wallet);
-        let available = stored_u64(account_balance_on(tx, &account)?, "wallet balance")?;
+        let mut available = stored_u64(account_balance_on(tx, &account)?, "wallet balance")?;
+        if crate::defect::on(crate::defect::Defect::OverdrawOnRace) {
+            // Seeded defect `overdraw-on-race`: money held for intents in flight counts too.
+            let held = account_balance_on(tx, &hold_account(wallet))?;
+            available = available.saturating_add(u64::try_from(held).unwrap_or(0));
+        }
         if available < amount {
             return Err(LedgerError::InsufficientFunds {
                 wallet: wallet.to_owned(),
@@ -1001,8 +1012,14 @@ pub fn settle_success_tx(
                 });
             }
             if fee > 0 {
+                // Seeded defect `fee-to-worker`: the fee leg credits the worker too.
+                let fee_account = if crate::defect::on(crate::defect::Defect::FeeToWorker) {
+                    worker_account(worker_key)
+                } else {
+                    FEES_ACCOUNT.to_owned()
+                };
                 postings.push(Posting {
-                    account: FEES_ACCOUNT.to_owned(),
+                    account: fee_account,
                     amount: to_signed(fee)?,
                 });
             }
@@ -1011,7 +1028,13 @@ pub fn settle_success_tx(
         } else {
             None
         };
-        let release_seq = release_rest(tx, &reservation, rest)?;
+        // Seeded defect `capture-and-release`: the whole reservation goes back as well.
+        let returned = if crate::defect::on(crate::defect::Defect::CaptureAndRelease) {
+            reservation.amount
+        } else {
+            rest
+        };
+        let release_seq = release_rest(tx, &reservation, returned)?;
         let settlement = Settlement {
             intent_id: intent_id.to_owned(),
             wallet: wallet.to_owned(),
@@ -1375,7 +1398,10 @@ pub fn statement_on(
             limit + 1
         ],
     )?;
-    let (entries, next_after) = paginate(entries, limit);
+    let (mut entries, next_after) = paginate(entries, limit);
+    if crate::defect::on(crate::defect::Defect::StatementOmitsMints) {
+        entries.retain(|e| e.kind != EntryKind::Mint);
+    }
     Ok(Statement {
         wallet: wallet.to_owned(),
         entries,

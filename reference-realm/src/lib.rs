@@ -8,6 +8,7 @@ pub mod broker;
 pub mod canonical;
 pub mod cli;
 pub mod config;
+pub mod defect;
 pub mod identity;
 pub mod intents;
 pub mod lease;

@@ -279,6 +279,9 @@ async fn wait_for_signal() {
 }
 
 async fn up(overrides: Overrides, workers: Option<usize>) -> anyhow::Result<()> {
+    // Before anything starts: a seeded defect (debug builds with `--features defects` only)
+    // must be in force from the first frame, and a clean build refuses to pretend to carry one.
+    mtor_realm::defect::init()?;
     let (cfg, report) = RealmConfig::resolve(overrides).context("configuration")?;
     let workers =
         workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

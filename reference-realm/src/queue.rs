@@ -612,6 +612,9 @@ impl SafeQueue {
     /// Deficit round robin over the wallets with servable work; returns the seq taken out of its
     /// wallet's lanes.
     fn next_fair<S: AsRef<str>>(&mut self, names: &[S], now_ms: u64) -> Option<u64> {
+        if crate::defect::on(crate::defect::Defect::FifoUnfair) {
+            return self.next_fifo(names, now_ms);
+        }
         let servable_wallets = self
             .active
             .iter()
@@ -667,6 +670,30 @@ impl SafeQueue {
                 self.fast_forward(names, now_ms);
             }
         }
+    }
+
+    /// Seeded defect `fifo-unfair`: the oldest servable intent of any wallet, whoever's turn it
+    /// is.
+    fn next_fifo<S: AsRef<str>>(&mut self, names: &[S], now_ms: u64) -> Option<u64> {
+        let aging = self.config.aging_step_ms;
+        let (idx, wallet_id, intent, priority, seq) = self
+            .active
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| {
+                let (rank, _, intent, priority) =
+                    self.wallets.get(w)?.best(names, now_ms, aging)?;
+                Some((i, w.clone(), intent, priority, rank.seq))
+            })
+            .min_by_key(|t| t.4)?;
+        let wallet = self.wallets.get_mut(&wallet_id)?;
+        wallet.remove(&intent, priority, seq)?;
+        if wallet.fair_queued == 0 {
+            wallet.deficit = 0;
+            wallet.in_turn = false;
+            self.active.remove(idx);
+        }
+        Some(seq)
     }
 
     /// After a full cycle in which no servable wallet could afford its best intent, adds the

@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use crate::audit;
 use crate::broker::{self, BrokerHandle, BrokerMsg, Submit, TaskReport};
 use crate::config::RealmConfig;
+use crate::defect::{self, Defect};
 use crate::identity;
 use crate::ledger::{self, LedgerError};
 use crate::store::{Store, StoreError};
@@ -111,6 +112,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/wallets/{key}/statement", get(statement))
         .route("/v1/ledger", get(ledger_export))
         .route("/v1/audit", get(audit_export))
+        .route("/static/{*path}", get(seeded_static))
         .fallback(|| async {
             rest_error(StatusCode::NOT_FOUND, Code::NotFound, "no such endpoint")
         })
@@ -240,6 +242,11 @@ impl Conn {
     }
 
     fn error(&self, code: Code, message: &str, ref_id: Option<&str>) {
+        let code = if defect::on(Defect::OneErrorCode) {
+            Code::InvalidEvent
+        } else {
+            code
+        };
         self.state.metrics.error(code);
         self.send(wire::error_event(code, message, ref_id, None));
     }
@@ -329,7 +336,7 @@ impl Conn {
         if self.ready() && opening && kind != "session.proof" {
             return refuse(Code::Forbidden, "this connection already has a session");
         }
-        if kind == "wallet.mint" {
+        if kind == "wallet.mint" && !defect::on(Defect::MintByAnyone) {
             let sysop =
                 matches!(&self.phase, Phase::ClientReady { roles, .. } if roles.contains(&"sysop"));
             if !sysop {
@@ -366,7 +373,9 @@ impl Conn {
             }
             ("worker.register", Channel::Worker) => {
                 let token = str_of("token");
-                if !constant_time_eq(token.as_bytes(), self.state.config.enrol_token.as_bytes()) {
+                if !constant_time_eq(token.as_bytes(), self.state.config.enrol_token.as_bytes())
+                    && !defect::on(Defect::AcceptAnyToken)
+                {
                     self.auth_failed(&str_of("worker_key"), Code::BadToken);
                     return self.error(
                         Code::BadToken,
@@ -462,7 +471,9 @@ impl Conn {
             .and_then(Value::as_str)
             .unwrap_or("");
         let msg = identity::session_message(&self.state.config.realm_id(), &nonce, &key);
-        if identity::verify(&key, msg.as_bytes(), sig).is_err() {
+        if identity::verify(&key, msg.as_bytes(), sig).is_err()
+            && !defect::on(Defect::AcceptForgedProof)
+        {
             self.auth_failed(&key, Code::BadSignature);
             return self.error(
                 Code::BadSignature,
@@ -482,11 +493,16 @@ impl Conn {
                 }
                 let session_id = identity::new_id();
                 let l = cfg.limits;
+                let max_depth = if defect::on(Defect::EmitWrongTypedField) {
+                    json!(l.max_depth.to_string())
+                } else {
+                    json!(l.max_depth)
+                };
                 self.send(wire::event(
                     "session.ready",
                     Some(&ev.id),
                     json!({"wallet": key, "session_id": session_id, "roles": roles,
-                           "limits": {"max_frame_bytes": l.max_frame_bytes, "max_depth": l.max_depth,
+                           "limits": {"max_frame_bytes": l.max_frame_bytes, "max_depth": max_depth,
                                       "rate_per_s": l.rate_per_s, "burst": l.burst}}),
                 ));
                 self.state.broker.send(BrokerMsg::SessionOpen {
@@ -517,7 +533,8 @@ impl Conn {
                     "worker.enrolled",
                     Some(&ev.id),
                     json!({"worker_id": worker_id, "heartbeat_interval_ms": cfg.lease.heartbeat_interval_ms,
-                           "lease_ms": cfg.lease.lease_ms, "max_attempts": cfg.lease.max_attempts}),
+                           "lease_ms": if defect::on(Defect::EnrolledTermsDiffer) { cfg.lease.lease_ms * 2 } else { cfg.lease.lease_ms },
+                           "max_attempts": cfg.lease.max_attempts}),
                 ));
                 // Enrolled is queued before the broker learns of the worker, so it precedes any
                 // task.assign on the socket.
@@ -581,7 +598,7 @@ impl Conn {
                 });
             }
             "wallet.mint" => {
-                if !roles.contains(&"sysop") {
+                if !roles.contains(&"sysop") && !defect::on(Defect::MintByAnyone) {
                     return self.error(
                         Code::Forbidden,
                         "wallet.mint needs the sysop role",
@@ -869,23 +886,42 @@ async fn connection(socket: WebSocket, state: Arc<AppState>, channel: Channel) {
                 "binary messages are not accepted; send UTF-8 JSON text",
                 None,
             );
+            if defect::on(Defect::CloseOnBadFrame) {
+                break;
+            }
             continue;
+        };
+        let max_depth = if defect::on(Defect::NoDepthLimit) {
+            usize::MAX
+        } else {
+            limits.max_depth
         };
         let checked = state
             .contract
-            .pre_parse(
-                text.as_str(),
-                channel,
-                limits.max_frame_bytes,
-                limits.max_depth,
-            )
+            .pre_parse(text.as_str(), channel, limits.max_frame_bytes, max_depth)
             .and_then(|frame| c.session_check(&frame).map(|()| frame))
             .and_then(|frame| state.contract.validate(frame));
         match checked {
             Ok(ev) => c.handle(ev),
-            Err(e) => {
+            Err(mut e) => {
+                if seeded_silence(e.code) {
+                    continue;
+                }
+                if defect::on(Defect::OneErrorCode) {
+                    e.code = Code::InvalidEvent;
+                }
+                seeded_echo(&mut e, text.as_str());
                 state.metrics.error(e.code);
-                c.send(e.to_event());
+                let event = e.to_event();
+                if defect::on(Defect::RefusalsToAll) && c.channel == Channel::Client {
+                    state.broker.send(BrokerMsg::SeededBroadcast {
+                        frame: event.clone(),
+                    });
+                }
+                c.send(event);
+                if defect::on(Defect::CloseOnBadFrame) {
+                    break;
+                }
             }
         }
     }
@@ -906,6 +942,37 @@ async fn connection(socket: WebSocket, state: Arc<AppState>, channel: Channel) {
     state.metrics.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// Seeded defect `serve-static-naively`: files under `<data_dir>/static`, the decoded path
+/// joined on unchecked. A clean realm has no static files: the route answers 404 like any other
+/// unknown path.
+async fn seeded_static(State(state): State<Arc<AppState>>, Path(path): Path<String>) -> Response {
+    if !defect::on(Defect::ServeStaticNaively) {
+        return rest_error(StatusCode::NOT_FOUND, Code::NotFound, "no such endpoint");
+    }
+    let file = format!("{}/static/{path}", state.config.data_dir.display());
+    match tokio::fs::read(&file).await {
+        Ok(bytes) => (StatusCode::OK, bytes).into_response(),
+        Err(_) => rest_error(StatusCode::NOT_FOUND, Code::NotFound, "no such file"),
+    }
+}
+
+/// Seeded defects `ignore-bad-json` and `ignore-unknown-type`: refusals of these codes are
+/// dropped without an answer.
+fn seeded_silence(code: Code) -> bool {
+    (code == Code::BadJson && defect::on(Defect::IgnoreBadJson))
+        || (code == Code::UnknownType && defect::on(Defect::IgnoreUnknownType))
+}
+
+/// Seeded defect `echo-in-errors`: a refused `wallet.mint` quotes the frame it refuses, so
+/// whatever the frame named (another wallet's key) is told back.
+fn seeded_echo(e: &mut WireError, text: &str) {
+    if defect::on(Defect::EchoInErrors) && text.contains("\"wallet.mint\"") {
+        let mut quoted = text.to_owned();
+        wire::truncate(&mut quoted, 400);
+        e.message = format!("refused: {quoted}");
+    }
+}
+
 async fn manifest(State(state): State<Arc<AppState>>) -> Response {
     let cfg = &state.config;
     let l = cfg.limits;
@@ -913,7 +980,7 @@ async fn manifest(State(state): State<Arc<AppState>>) -> Response {
         .iter()
         .map(|s| json!({"name": s.name, "min_cost": s.min_cost, "unit_price": s.unit_price, "description": s.description}))
         .collect();
-    Json(json!({
+    let mut body = json!({
         "protocol": wire::PROTO,
         "realm_id": cfg.realm_id(),
         "name": cfg.name,
@@ -929,8 +996,13 @@ async fn manifest(State(state): State<Arc<AppState>>) -> Response {
         "fee_bps": cfg.fee_bps,
         "endpoints": {"client": "/v1/client", "worker": "/v1/worker", "federation": "/v1/federation",
                       "health": "/v1/health", "metrics": "/metrics", "audit": "/v1/audit", "ledger": "/v1/ledger"},
-    }))
-    .into_response()
+    });
+    if defect::on(Defect::ManifestWithoutLicence) {
+        if let Some(o) = body.as_object_mut() {
+            o.remove("licence");
+        }
+    }
+    Json(body).into_response()
 }
 
 fn ledger_entries(store: &Store) -> u64 {
@@ -989,7 +1061,8 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "status": status,
         "realm_id": state.config.realm_id(),
         "uptime_s": state.started.elapsed().as_secs(),
-        "queue": {"depth": snap.queue_depth, "capacity": state.config.limits.queue_capacity, "running": snap.running},
+        "queue": {"depth": if defect::on(Defect::HealthWrongTyped) { json!(snap.queue_depth.to_string()) } else { json!(snap.queue_depth) },
+                  "capacity": state.config.limits.queue_capacity, "running": snap.running},
         "workers": snap.workers,
         "ledger": {"entries": entries, "last_commit_ms": last_commit_ms},
     })))
@@ -999,8 +1072,11 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     use crate::registry::Health;
     use std::fmt::Write;
-    let snap = state.broker.snapshot().await.unwrap_or_default();
+    let mut snap = state.broker.snapshot().await.unwrap_or_default();
     let stats = state.store.stats();
+    if defect::on(Defect::MetricsFrozen) {
+        snap.counters = broker::Counters::default();
+    }
     let c = &snap.counters;
     let mut out = String::new();
     let head = |out: &mut String, name: &str, kind: &str, help: &str| {
@@ -1267,7 +1343,7 @@ fn signed_key(
         .duration_since(when)
         .or_else(|_| when.duration_since(now))
         .unwrap_or(Duration::MAX);
-    if skew > REST_SKEW {
+    if skew > REST_SKEW && !defect::on(Defect::NoTimestampCheck) {
         return Err(refuse(
             Code::ChallengeExpired,
             "MTOR-Timestamp is more than 60 s from the realm clock",
@@ -1289,7 +1365,9 @@ fn signed_key(
 }
 
 fn privileged(state: &AppState, key: &str) -> bool {
-    key == state.config.sysop_key || state.config.auditor_key.as_deref() == Some(key)
+    defect::on(Defect::RestAnySigner)
+        || key == state.config.sysop_key
+        || state.config.auditor_key.as_deref() == Some(key)
 }
 
 /// Parses `after` (integer ≥ 0, default 0) and `limit` (1..=1000, default 100); anything else is
