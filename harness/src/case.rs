@@ -25,11 +25,14 @@ pub const KINDS: &[&str] = &[
     "generated-events",
     crate::scripted::KIND,
     crate::recovery::KIND,
+    crate::recovery::KIND_PROCESS,
     crate::worker_faults::KIND,
     crate::tokens::KIND,
     crate::audit::KIND,
     crate::load::KIND,
     crate::security::KIND,
+    crate::metrics::KIND,
+    crate::stateless::KIND,
 ];
 
 /// What a driver needs.
@@ -104,12 +107,14 @@ pub async fn drive(ctx: &Ctx<'_>) {
         "health-reflects-worker" => health_reflects_worker(ctx).await,
         "generated-events" => crate::generate::drive(ctx).await,
         crate::scripted::KIND => crate::scripted::drive(ctx).await,
-        crate::recovery::KIND => crate::recovery::drive(ctx).await,
+        crate::recovery::KIND | crate::recovery::KIND_PROCESS => crate::recovery::drive(ctx).await,
         crate::worker_faults::KIND => crate::worker_faults::drive(ctx).await,
         crate::tokens::KIND => crate::tokens::drive(ctx).await,
         crate::audit::KIND => crate::audit::drive(ctx).await,
         crate::load::KIND => crate::load::drive(ctx).await,
         crate::security::KIND => crate::security::drive(ctx).await,
+        crate::metrics::KIND => crate::metrics::drive(ctx).await,
+        crate::stateless::KIND => crate::stateless::drive(ctx).await,
         other => ctx.abort(format!("this harness has no driver for kind `{other}`")),
     }
 }

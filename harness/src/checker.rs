@@ -170,12 +170,16 @@ pub fn check(spec: &CaseSpec, all: &[Record], contract: &Contract) -> Judgement 
         "health-reflects-worker" => check_health_worker(spec, &records),
         "generated-events" => check_generated(&records, contract),
         crate::scripted::KIND => crate::scripted::check(spec, &records),
-        crate::recovery::KIND => crate::recovery::check(spec, &records),
+        crate::recovery::KIND | crate::recovery::KIND_PROCESS => {
+            crate::recovery::check(spec, &records)
+        }
         crate::load::KIND => crate::load::check(spec, &records),
         crate::worker_faults::KIND => crate::worker_faults::check(spec, &records),
         crate::tokens::KIND => crate::tokens::check(spec, all, &records),
         crate::audit::KIND => crate::audit::check(spec, all, &records, contract),
         crate::security::KIND => crate::security::check(spec, &records),
+        crate::metrics::KIND => crate::metrics::check(spec, &records),
+        crate::stateless::KIND => crate::stateless::check(spec, &records),
         other => Judgement::new(
             Outcome::Unknown,
             format!("no checker for case kind `{other}` in this harness version"),

@@ -36,7 +36,7 @@
 //! harness worker's dispatch order. Zero samples is a failure, never a pass.
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -388,6 +388,63 @@ pub struct PhaseReport {
     pub worker: Option<WorkerPhase>,
     /// Overtaking measured against the harness worker's dispatch order (fairness).
     pub order: Option<OrderReport>,
+    /// Per wallet, the most intents accepted and not yet ended at once, as the harness saw them
+    /// (from `intent.accepted` to the terminal event).
+    pub peak_inflight: Vec<u64>,
+    /// The same over all wallets.
+    pub peak_inflight_total: u64,
+    /// The manifest's `limits.per_wallet_inflight` and `limits.queue_capacity`, when given.
+    pub declared: Option<DeclaredLimits>,
+}
+
+/// The admission limits a realm declares in its manifest (SQ-1, SQ-2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeclaredLimits {
+    /// `limits.per_wallet_inflight`.
+    pub per_wallet_inflight: Option<u64>,
+    /// `limits.queue_capacity`.
+    pub queue_capacity: Option<u64>,
+}
+
+/// Intents accepted and not yet ended, per wallet and in all, with their peaks: shared by the
+/// connection tasks of a phase (one atomic add per acceptance and per end).
+struct InFlight {
+    now: Vec<AtomicI64>,
+    peak: Vec<AtomicI64>,
+    total: AtomicI64,
+    total_peak: AtomicI64,
+}
+
+impl InFlight {
+    fn new(wallets: usize) -> Self {
+        Self {
+            now: (0..wallets).map(|_| AtomicI64::new(0)).collect(),
+            peak: (0..wallets).map(|_| AtomicI64::new(0)).collect(),
+            total: AtomicI64::new(0),
+            total_peak: AtomicI64::new(0),
+        }
+    }
+
+    fn accepted(&self, wallet: usize) {
+        if let (Some(n), Some(p)) = (self.now.get(wallet), self.peak.get(wallet)) {
+            p.fetch_max(n.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+        let t = self.total.fetch_add(1, Ordering::Relaxed) + 1;
+        self.total_peak.fetch_max(t, Ordering::Relaxed);
+    }
+
+    fn ended(&self, wallet: usize) {
+        if let Some(n) = self.now.get(wallet) {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.total.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn peaks(&self) -> (Vec<u64>, u64) {
+        let get = |a: &AtomicI64| u64::try_from(a.load(Ordering::Relaxed)).unwrap_or(0);
+        (self.peak.iter().map(get).collect(), get(&self.total_peak))
+    }
 }
 
 /// What the harness worker did in one phase.
@@ -583,6 +640,8 @@ pub struct PhasePlan {
     /// Record when each probe was accepted, to measure overtaking against the harness worker's
     /// dispatch order (SQ-11).
     pub track_order: bool,
+    /// The realm's declared admission limits, copied into the report for the checker.
+    pub declared: Option<DeclaredLimits>,
 }
 
 /// What one connection task needs.
@@ -604,6 +663,7 @@ struct ConnPlan {
     pin: Option<String>,
     /// Acceptances (time, wallet, nonce) when dispatch order is tracked.
     accepted_log: Option<Arc<Mutex<Vec<Accepted>>>>,
+    inflight: Arc<InFlight>,
 }
 
 /// Histograms shared by the connections of a phase (one lock per event: cheap at these rates,
@@ -669,6 +729,7 @@ pub async fn run_phase(
         return (conns, PhaseReport::default(), Vec::new());
     };
     let hists = Arc::new(Mutex::new(hists));
+    let inflight = Arc::new(InFlight::new(plan.wallets.len()));
     let mut per_wallet = vec![0usize; plan.wallets.len()];
     for c in &conns {
         if let Some(n) = per_wallet.get_mut(c.wallet) {
@@ -719,6 +780,7 @@ pub async fn run_phase(
             case: ctx.spec.id.clone(),
             pin: plan.pin.clone(),
             accepted_log: accepted_log.clone(),
+            inflight: inflight.clone(),
         };
         let id = c.id;
         let wallet = c.wallet;
@@ -823,6 +885,7 @@ pub async fn run_phase(
     }
     generator.saturated = !generator.why.is_empty();
     reports.sort_by_key(|r| r.conn);
+    let (peak_inflight, peak_inflight_total) = inflight.peaks();
     let report = PhaseReport {
         name: plan.name.clone(),
         wallets,
@@ -838,6 +901,9 @@ pub async fn run_phase(
         generator,
         worker: worker_phase,
         order,
+        peak_inflight,
+        peak_inflight_total,
+        declared: plan.declared,
     };
     tracing::debug!(
         case = %ctx.spec.id,
@@ -968,6 +1034,7 @@ async fn conn_loop(mut c: LoadConn, cp: ConnPlan, hists: Arc<Mutex<Hists>>) -> C
                                 }
                             }
                             accepted_ids.push(intent.clone());
+                            cp.inflight.accepted(c.wallet);
                             running.insert(intent, s);
                         }
                         None => {
@@ -1011,6 +1078,7 @@ async fn conn_loop(mut c: LoadConn, cp: ConnPlan, hists: Arc<Mutex<Hists>>) -> C
                     "intent.result" | "intent.failed" | "intent.cancelled" => {
                         match running.remove(&intent) {
                             Some(s) => {
+                                cp.inflight.ended(c.wallet);
                                 ended.insert(intent);
                                 match kind {
                                     "intent.result" => {
@@ -1670,6 +1738,25 @@ async fn manifest_frame_rate(ctx: &Ctx<'_>) -> f64 {
         .unwrap_or(100.0)
 }
 
+/// The manifest's declared admission limits (SQ-1, SQ-2), when it gives any.
+async fn manifest_limits(ctx: &Ctx<'_>) -> Option<DeclaredLimits> {
+    let (status, body) = wire::http_get(
+        &ctx.target.http_base,
+        "/v1/manifest",
+        ctx.journal,
+        Some(&ctx.spec.id),
+        ctx.within(3000),
+    )
+    .await
+    .ok()?;
+    let m: Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+    let limits = DeclaredLimits {
+        per_wallet_inflight: m["limits"]["per_wallet_inflight"].as_u64(),
+        queue_capacity: m["limits"]["queue_capacity"].as_u64(),
+    };
+    (limits != DeclaredLimits::default()).then_some(limits)
+}
+
 // ------------------------------------------------------------------------------------------------
 // Drivers
 
@@ -1711,6 +1798,7 @@ fn phase_plan(
         max_lag: Duration::from_millis(p.max_lag_ms),
         pin: worker.map(|w| w.key_hex.clone()),
         track_order: false,
+        declared: None,
     }
 }
 
@@ -1782,6 +1870,7 @@ async fn sustained(ctx: &Ctx<'_>, p: &Params) -> Result<(), Stop> {
 
 async fn overload(ctx: &Ctx<'_>, p: &Params) -> Result<(), Stop> {
     let frame_rate = manifest_frame_rate(ctx).await;
+    let declared = manifest_limits(ctx).await;
     let wallets = fund_wallets(ctx, p.wallets, false, p.mint_micro).await?;
     let worker = start_worker(ctx, p).await?;
     let per = conns_for(p.rate_per_wallet, frame_rate);
@@ -1795,7 +1884,8 @@ async fn overload(ctx: &Ctx<'_>, p: &Params) -> Result<(), Stop> {
             conns: per,
         })
         .collect();
-    let plan = phase_plan(p, "overload", loads, worker.as_ref());
+    let mut plan = phase_plan(p, "overload", loads, worker.as_ref());
+    plan.declared = declared;
     let (conns, _, _) = run_phase(ctx, conns, &plan, worker.as_ref()).await;
     close_all(conns).await;
     if let Some(w) = worker {
@@ -2331,6 +2421,9 @@ fn check_overload(phases: &[PhaseRecords<'_>]) -> Judgement {
         .with("intents that never ended", seqs)
         .with("phase", at);
     }
+    if let Some(why) = over_declared(r) {
+        return Judgement::new(Outcome::Broken, why, observed).with("phase", at);
+    }
     if capacity == 0 {
         return Judgement::new(
             Outcome::Unknown,
@@ -2354,6 +2447,40 @@ fn check_overload(phases: &[PhaseRecords<'_>]) -> Judgement {
         refusals.values().flatten().map(|(s, _)| *s).take(5).collect(),
     )
     .with("phase", at)
+}
+
+/// How far the in-flight count the harness sees may exceed a declared limit before it counts as
+/// a breach: the harness sees an intent in flight from `intent.accepted` until its terminal event
+/// arrives, a little longer than the realm holds its slot (the slot frees before the settlement
+/// is announced), so only a peak above twice the limit is held against the realm.
+pub const INFLIGHT_SLACK: u64 = 2;
+
+/// SQ-1 / SQ-2: the realm held more intents in flight, for one wallet or in all, than its
+/// manifest declares it ever admits (with [`INFLIGHT_SLACK`]).
+pub fn over_declared(r: &PhaseReport) -> Option<String> {
+    let d = r.declared?;
+    if let Some(limit) = d.per_wallet_inflight.filter(|l| *l > 0) {
+        if let Some((w, peak)) = r
+            .peak_inflight
+            .iter()
+            .enumerate()
+            .find(|(_, p)| **p > INFLIGHT_SLACK * limit)
+        {
+            let label = r.wallets.get(w).map_or("?", |x| x.label.as_str());
+            return Some(format!(
+                "wallet {label} had {peak} intents accepted and not yet ended at once, more than {INFLIGHT_SLACK} × the manifest's per_wallet_inflight = {limit}: the realm admits beyond its declared limit instead of refusing (SQ-1, SQ-2)"
+            ));
+        }
+    }
+    if let Some(cap) = d.queue_capacity.filter(|c| *c > 0) {
+        if r.peak_inflight_total > INFLIGHT_SLACK * cap {
+            return Some(format!(
+                "{} intents were accepted and not yet ended at once, more than {INFLIGHT_SLACK} × the manifest's queue_capacity = {cap}: the queue is not bounded as declared (SQ-1, SQ-2)",
+                r.peak_inflight_total
+            ));
+        }
+    }
+    None
 }
 
 /// Max-min fair allocation of `capacity` among `demands` (water filling).
@@ -3458,6 +3585,32 @@ mod tests {
             },
             ..PhaseReport::default()
         }
+    }
+
+    #[test]
+    fn in_flight_beyond_twice_the_declared_limit_is_a_breach() {
+        let mut r = step(100.0, 5_000, false);
+        r.peak_inflight = vec![128];
+        r.peak_inflight_total = 128;
+        assert_eq!(
+            over_declared(&r),
+            None,
+            "no declared limits, nothing to hold"
+        );
+        r.declared = Some(DeclaredLimits {
+            per_wallet_inflight: Some(64),
+            queue_capacity: Some(1000),
+        });
+        assert_eq!(
+            over_declared(&r),
+            None,
+            "at twice the limit: within the slack"
+        );
+        r.peak_inflight = vec![129];
+        assert!(over_declared(&r).is_some_and(|w| w.contains("per_wallet_inflight = 64")));
+        r.peak_inflight = vec![10];
+        r.peak_inflight_total = 2001;
+        assert!(over_declared(&r).is_some_and(|w| w.contains("queue_capacity = 1000")));
     }
 
     #[test]

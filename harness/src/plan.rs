@@ -62,7 +62,9 @@ pub struct CaseSpec {
 /// started (`--image`), so container faults (kill, restart) can be applied. `worker-container`:
 /// the image also says how to run a worker node from it (label `org.mtor.cert.worker`), so the
 /// harness can build a realm-plus-workers topology and pause or cut off a worker container.
-pub const CAPABILITIES: &[&str] = &["container", "worker-container"];
+/// `process`: the harness started the realm's process itself (`--spawn`, or the reference realm
+/// by default), so it can SIGKILL it and start the same command again on the same data.
+pub const CAPABILITIES: &[&str] = &["container", "worker-container", "process"];
 
 impl CaseSpec {
     /// The suite a case belongs to: its id up to the first dot.

@@ -1,12 +1,16 @@
-//! The `container-kill` case kind: SIGKILL the realm's container with intents in flight, restart
-//! it, and hold the realm to INT-11 and ENV-2 (every acknowledged intent survives, unchanged where
-//! it had already settled, and the realm keeps its `realm_id`).
+//! The `container-kill` and `process-kill` case kinds: SIGKILL the realm (its container, or the
+//! process group the harness spawned) with intents in flight, start it again on the same data,
+//! and hold the realm to INT-11 and ENV-2 (every acknowledged intent survives, unchanged where it
+//! had already settled, unfinished ones resume to a terminal state, and the realm keeps its
+//! `realm_id`).
 //!
 //! The fault is a window in the journal: a `fault` record `kill`/`start` whose proof is the
-//! engine's word that the container stopped (state exited, exit code 137), then the harness's own
-//! observations (its WebSocket connection closed, `/v1/health` unreachable), then `kill`/`end`
-//! with the restarted container's state and a 200 from `/v1/health`. The window is always closed:
-//! when the restart fails the run's guard still removes the container at the end.
+//! engine's word that the container stopped (state exited, exit code 137) or the process's exit
+//! status (signal 9), then the harness's own observations (its WebSocket connection closed,
+//! `/v1/health` unreachable), then `kill`/`end` with the restarted realm's state and a 200 from
+//! `/v1/health`. The window is always closed: when the restart fails the run's guard still
+//! removes the container or process at the end. The moment of the kill is drawn from the case
+//! seed, so a run is reproducible and different seeds hit different moments.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,8 +24,10 @@ use crate::journal::{Dir, Entry, Record};
 use crate::plan::CaseSpec;
 use crate::wire::{self, event, http_get, login, Identity};
 
-/// The case kind.
+/// The case kind for a realm in a container (`--image`).
 pub const KIND: &str = "container-kill";
+/// The case kind for a realm process the harness spawned (`--spawn`, or the default).
+pub const KIND_PROCESS: &str = "process-kill";
 
 /// What a `cert.probe` costs (PRB-4); each intent reserves twice that.
 const PROBE_COST: u64 = 1000;
@@ -83,10 +89,96 @@ async fn realm_id(ctx: &Ctx<'_>) -> Option<String> {
     v["realm_id"].as_str().map(str::to_owned)
 }
 
+/// What the fault kills: the realm's container or its process.
+enum Victim<'a> {
+    Container(&'a crate::container::RealmContainer),
+    Process(&'a tokio::sync::Mutex<crate::target::Spawned>),
+}
+
+/// Why a restart did not heal.
+enum Unhealed {
+    /// It started, but the realm never became ready: the realm's failure.
+    NotReady(String),
+    /// The harness could not start it.
+    Failed(String),
+}
+
+impl Victim<'_> {
+    /// SIGKILL; the proof that it took effect.
+    async fn kill(&self, within: Duration) -> Result<String, String> {
+        match self {
+            Victim::Container(c) => c.kill(within).await.map_err(|e| e.to_string()),
+            Victim::Process(p) => {
+                let mut p = p.lock().await;
+                let pid = p.pid;
+                if !p.signal(nix::sys::signal::Signal::SIGKILL) {
+                    return Err(format!("kill(-{pid}, SIGKILL) failed"));
+                }
+                match tokio::time::timeout(within, p.wait()).await {
+                    Ok(Ok(status)) => Ok(format!(
+                        "kill(-{pid}, SIGKILL): process group {pid} ended, exit status `{status}`"
+                    )),
+                    Ok(Err(e)) => Err(format!("waiting for process {pid}: {e}")),
+                    Err(_) => Err(format!("process {pid} still ran {within:?} after SIGKILL")),
+                }
+            }
+        }
+    }
+
+    /// Starts it again on the same data and waits for `/v1/health` to answer 200.
+    async fn restart(&self, ctx: &Ctx<'_>, within: Duration) -> Result<String, Unhealed> {
+        match self {
+            Victim::Container(c) => c.restart(within).await.map_err(|e| match e {
+                ContainerError::NotReady(why) => Unhealed::NotReady(why),
+                e => Unhealed::Failed(e.to_string()),
+            }),
+            Victim::Process(p) => {
+                let mut p = p.lock().await;
+                p.restart().map_err(|e| Unhealed::Failed(e.to_string()))?;
+                let (pid, command) = (p.pid, p.command.clone());
+                let deadline = tokio::time::Instant::now() + within;
+                loop {
+                    if let Some(how) = p.exited() {
+                        return Err(Unhealed::NotReady(format!(
+                            "`{command}` (pid {pid}) {how} before /v1/health answered"
+                        )));
+                    }
+                    let answer = http_get(
+                        &ctx.target.http_base,
+                        "/v1/health",
+                        ctx.journal,
+                        Some(&ctx.spec.id),
+                        ctx.within(1000),
+                    )
+                    .await;
+                    if matches!(answer, Ok((200, _))) {
+                        return Ok(format!(
+                            "started `{command}` again (pid {pid}) on the same data; GET /v1/health answered 200"
+                        ));
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Unhealed::NotReady(format!(
+                            "`{command}` (pid {pid}) did not answer /v1/health with 200 within {within:?}"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
+
 /// Drives the case; every observation is in the journal, the verdict is [`check`]'s.
 pub async fn drive(ctx: &Ctx<'_>) {
-    let Some(container) = ctx.target.container.as_ref() else {
-        return ctx.skip("needs a realm the harness runs in a container (--image)");
+    let victim = match (
+        ctx.spec.kind.as_str(),
+        &ctx.target.container,
+        &ctx.target.process,
+    ) {
+        (KIND, Some(c), _) => Victim::Container(c),
+        (KIND_PROCESS, _, Some(p)) => Victim::Process(p),
+        (KIND, ..) => return ctx.skip("needs a realm the harness runs in a container (--image)"),
+        _ => return ctx.skip("needs a realm process the harness started (--spawn)"),
     };
     let intents = int_param(ctx, "intents", 6).clamp(1, 50);
     let work_ms = int_param(ctx, "work_ms", 1500).min(5000);
@@ -140,19 +232,23 @@ pub async fn drive(ctx: &Ctx<'_>) {
     if accepted.is_empty() {
         return ctx.abort("the realm accepted none of the intents");
     }
-    // Let the quick one settle and the slow ones start, so the kill lands mid-flight.
+    // Let the quick one settle and the slow ones start, so the kill lands mid-flight; then a
+    // further pause drawn from the seed, so runs hit different moments of the work.
     let _ = conn
         .wait_for("the first result", ctx.within(work_ms.max(500)), |r| {
             r.kind() == Some("intent.result")
         })
         .await;
+    let pause = ctx.seed % (work_ms / 2).max(1);
+    ctx.mark("kill-after-ms", &pause.to_string());
+    tokio::time::sleep(Duration::from_millis(pause)).await;
 
-    let proof = match container.kill(Duration::from_secs(15)).await {
+    let proof = match victim.kill(Duration::from_secs(15)).await {
         Ok(p) => p,
         Err(e) => {
             // Heal whatever half-happened before giving up.
-            let _ = container
-                .restart(Duration::from_millis(ready_ms.min(30_000)))
+            let _ = victim
+                .restart(ctx, Duration::from_millis(ready_ms.min(30_000)))
                 .await;
             return ctx.abort(format!("the SIGKILL did not take effect: {e}"));
         }
@@ -188,8 +284,8 @@ pub async fn drive(ctx: &Ctx<'_>) {
     let left = ctx
         .deadline
         .saturating_duration_since(tokio::time::Instant::now());
-    match container
-        .restart(Duration::from_millis(ready_ms).min(left))
+    match victim
+        .restart(ctx, Duration::from_millis(ready_ms).min(left))
         .await
     {
         Ok(proof) => {
@@ -202,14 +298,14 @@ pub async fn drive(ctx: &Ctx<'_>) {
                 },
             );
         }
-        // The engine started it, but the realm never became ready: the realm's failure.
-        Err(ContainerError::NotReady(why)) => {
+        // It started, but the realm never became ready: the realm's failure.
+        Err(Unhealed::NotReady(why)) => {
             ctx.mark("not-recovered", &why);
             return close_unhealed(ctx, &why);
         }
-        Err(e) => {
-            ctx.abort(format!("could not restart the container: {e}"));
-            return close_unhealed(ctx, &e.to_string());
+        Err(Unhealed::Failed(e)) => {
+            ctx.abort(format!("could not restart the realm: {e}"));
+            return close_unhealed(ctx, &e);
         }
     }
 
@@ -231,15 +327,49 @@ pub async fn drive(ctx: &Ctx<'_>) {
             return;
         }
     };
+    let mut unfinished = Vec::new();
     for id in &accepted {
         let fetch = event("intent.fetch", None, json!({ "intent_id": id }));
         ctx.mark(
             "fetch",
             &format!("{id}:{}", fetch["id"].as_str().unwrap_or_default()),
         );
-        let _ = conn.request(&fetch, ctx.within(5000)).await;
+        let reply = conn.request(&fetch, ctx.within(5000)).await;
+        if !reply.is_ok_and(|r| is_terminal(&r)) {
+            unfinished.push(id.clone());
+        }
     }
+    // ENV-2: the realm resumes what it had: unfinished intents must run to an end. Poll their
+    // status (a fresh session is not attached to them, so it gets no terminal event).
+    let resume_ms = int_param(ctx, "resume_ms", 20_000);
+    let until = tokio::time::Instant::now() + Duration::from_millis(resume_ms);
+    while !unfinished.is_empty() && tokio::time::Instant::now() < until.min(ctx.deadline) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut still = Vec::new();
+        for id in unfinished {
+            let fetch = event("intent.fetch", None, json!({ "intent_id": id }));
+            ctx.mark(
+                "refetch",
+                &format!("{id}:{}", fetch["id"].as_str().unwrap_or_default()),
+            );
+            let reply = conn.request(&fetch, ctx.within(5000)).await;
+            if !reply.is_ok_and(|r| is_terminal(&r)) {
+                still.push(id);
+            }
+        }
+        unfinished = still;
+    }
+    ctx.mark("resume-done", &resume_ms.to_string());
     conn.close().await;
+}
+
+const TERMINAL: &[&str] = &["succeeded", "failed", "cancelled", "dead"];
+
+fn is_terminal(r: &wire::Received) -> bool {
+    r.kind() == Some("intent.status")
+        && r.body("state")
+            .and_then(Value::as_str)
+            .is_some_and(|s| TERMINAL.contains(&s))
 }
 
 /// Closes the fault window when the restart failed: no window stays open in the journal. The
@@ -250,7 +380,9 @@ fn close_unhealed(ctx: &Ctx<'_>, why: &str) {
         Entry::Fault {
             what: "kill".into(),
             edge: "end".into(),
-            proof: format!("NOT healed ({why}); the container is removed when the run ends"),
+            proof: format!(
+                "NOT healed ({why}); the container or process is removed when the run ends"
+            ),
         },
     );
 }
@@ -310,10 +442,10 @@ pub fn check(_spec: &CaseSpec, records: &[&Record]) -> Judgement {
             format!("{} intents accepted", accepted.len()),
         );
     };
-    if !start_proof.contains("exit code") {
+    if !start_proof.contains("exit code") && !start_proof.contains("signal: 9") {
         return Judgement::new(
             Outcome::Unknown,
-            "the engine's answer does not prove the container stopped",
+            "the answer does not prove the realm stopped",
             start_proof,
         )
         .with("the fault's start", vec![start_seq]);
@@ -412,6 +544,38 @@ pub fn check(_spec: &CaseSpec, records: &[&Record]) -> Judgement {
                     result["output"], result["cost"], body["output"], body["cost"]
                 ));
                 evidence.extend([*result_seq, *reply_seq]);
+            }
+        }
+    }
+    // ENV-2: what was unfinished at the restart ran to an end. The last status each intent
+    // was seen in (first fetch, then the re-fetches) must be terminal.
+    if let Some((_, resume_ms)) = marks(records, "resume-done").first() {
+        let asked: Vec<(u64, &str)> = fetches
+            .iter()
+            .chain(marks(records, "refetch").iter())
+            .copied()
+            .collect();
+        for (_, intent_id) in &accepted {
+            let last = asked
+                .iter()
+                .filter_map(|(seq, v)| {
+                    let (i, f) = v.split_once(':')?;
+                    (i == *intent_id).then_some((*seq, f))
+                })
+                .filter_map(|(seq, f)| {
+                    events.iter().find(|(s, e)| {
+                        *s > seq && e["corr"].as_str() == Some(f) && e["type"] == "intent.status"
+                    })
+                })
+                .max_by_key(|(s, _)| *s);
+            if let Some((seq, e)) = last {
+                let state = e["body"]["state"].as_str().unwrap_or("?");
+                if !TERMINAL.contains(&state) {
+                    problems.push(format!(
+                        "intent {intent_id} was still {state} {resume_ms} ms after the restart: what the realm had in flight was not resumed (ENV-2)"
+                    ));
+                    evidence.push(*seq);
+                }
             }
         }
     }

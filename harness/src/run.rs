@@ -37,7 +37,8 @@ impl TargetSpec {
         match self {
             TargetSpec::Image(i) if i.worker.is_some() => &["container", "worker-container"],
             TargetSpec::Image(_) => &["container"],
-            TargetSpec::Url(_) | TargetSpec::Spawn(_) => &[],
+            TargetSpec::Spawn(_) => &["process"],
+            TargetSpec::Url(_) => &[],
         }
     }
 }
@@ -350,7 +351,7 @@ pub async fn run(opts: &RunOptions, contract: &Contract) -> Result<RunOutput, Ru
             );
         }
         if let Some(p) = t.process.as_mut() {
-            let how = p.stop(Duration::from_secs(5)).await;
+            let how = p.get_mut().stop(Duration::from_secs(5)).await;
             journal.log(
                 None,
                 Entry::Note {

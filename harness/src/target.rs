@@ -208,8 +208,9 @@ pub struct Target {
     pub funded_wallet: Option<Identity>,
     /// The auditor, when known.
     pub auditor: Option<Identity>,
-    /// The spawned realm, if the harness started it.
-    pub process: Option<Spawned>,
+    /// The spawned realm, if the harness started it. Behind a lock so that a case can kill and
+    /// restart it (the `process-kill` kind) while the run holds the target.
+    pub process: Option<tokio::sync::Mutex<Spawned>>,
     /// The realm's container, if the harness started it from an image.
     pub container: Option<crate::container::RealmContainer>,
 }
@@ -318,7 +319,7 @@ impl Target {
             sysop: Some(sysop),
             funded_wallet: None,
             auditor: Some(auditor),
-            process: Some(process),
+            process: Some(tokio::sync::Mutex::new(process)),
             container: None,
         };
         target.wait_ready(ready).await?;
@@ -331,6 +332,7 @@ impl Target {
         let host = self.http_base.trim_start_matches("http://").to_owned();
         loop {
             if let Some(p) = &self.process {
+                let p = p.lock().await;
                 if let Some(status) = p.exited() {
                     return Err(TargetError::Spawn(format!(
                         "`{}` exited ({status}) before it was ready; see {}",
@@ -351,10 +353,10 @@ impl Target {
             if tokio::time::Instant::now() >= deadline {
                 return Err(TargetError::Spawn(format!(
                     "nothing answered on {host} within {within:?}; see {}",
-                    self.process
-                        .as_ref()
-                        .map(|p| p.log.display().to_string())
-                        .unwrap_or_default()
+                    match &self.process {
+                        Some(p) => p.lock().await.log.display().to_string(),
+                        None => String::new(),
+                    }
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -372,6 +374,11 @@ impl Spawned {
             Some(s) if s.split_whitespace().nth(2) == Some("Z") => Some("exited".into()),
             Some(_) => None,
         }
+    }
+
+    /// Waits for the process to end (after a signal); its exit status.
+    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait().await
     }
 
     /// Sends `signal` to the realm's whole process group (the realm and anything it started).

@@ -242,6 +242,23 @@ defect_test!(
     ["health.metrics"]
 );
 defect_test!(
+    frozen_metrics_are_caught,
+    Defect::MetricsFrozen,
+    ["health.metrics-move"]
+);
+// ---- stateless: an intent belongs to its wallet, not to the connection that submitted it.
+defect_test!(
+    fetch_bound_to_the_session_is_caught,
+    Defect::SessionBoundFetch,
+    // The cancel case confirms its cancel with a fetch from the second session too.
+    ["stateless.fetch-elsewhere", "stateless.cancel-elsewhere"]
+);
+defect_test!(
+    cancel_bound_to_the_session_is_caught,
+    Defect::SessionBoundCancel,
+    ["stateless.cancel-elsewhere"]
+);
+defect_test!(
     emitting_a_wrong_typed_field_is_caught,
     Defect::EmitWrongTypedField,
     ["events.all-valid"]

@@ -18,7 +18,7 @@
 //! `resumed:<conn>`, `closed:<conn>`.
 
 mod judge;
-mod stage;
+pub(crate) mod stage;
 
 pub use judge::{check, probe_digest, Terms};
 

@@ -276,6 +276,11 @@ impl<'a> Stage<'a> {
         })
     }
 
+    /// The stage's funded wallet (its client session's identity).
+    pub fn wallet(&self) -> &Identity {
+        &self.wallet
+    }
+
     /// Worker `w`'s key, hex.
     pub fn worker_key(&self, w: usize) -> String {
         self.workers[w].key.public_hex()

@@ -98,6 +98,8 @@ pub struct Broker {
     ext: ledger_ext::Ext,
     /// Admission limits, fair dispatch order and fetch (the `dispatch` suite).
     disp: dispatch_ext::Ext,
+    /// `/metrics` counters: admitted, dispatched, succeeded (HLT-6).
+    counts: [u64; 3],
 }
 
 fn send(tx: &Tx, v: Value) {
@@ -118,6 +120,16 @@ fn now_ts() -> String {
 }
 
 impl Broker {
+    /// The connection an intent was submitted on.
+    pub fn submitted_on(&self, intent_id: &str) -> Option<u64> {
+        self.intents.get(intent_id).map(|i| i.session)
+    }
+
+    /// The `/metrics` counters: intents admitted, tasks dispatched, intents succeeded.
+    pub fn counts(&self) -> [u64; 3] {
+        self.counts
+    }
+
     /// A broker with the given defect; `sysop` may mint.
     pub fn new(defect: Option<Defect>, sysop: String) -> Self {
         Self {
@@ -133,6 +145,7 @@ impl Broker {
             next_conn: 1,
             ext: ledger_ext::Ext::new(),
             disp: dispatch_ext::Ext::default(),
+            counts: [0; 3],
         }
         .started()
     }
@@ -458,6 +471,7 @@ impl Broker {
         self.note_queued(&id);
         let seq = self.head_seq();
         self.admitted(wallet, ev, &id, max_cost, seq);
+        self.counts[0] += 1;
         let reply = event(
             "intent.accepted",
             corr,
@@ -527,6 +541,7 @@ impl Broker {
             );
             let attempt = intent.attempts;
             self.dispatched(&id, &wid, attempt, epoch);
+            self.counts[1] += 1;
             self.note_dispatch(&id);
             let w = self.workers.get_mut(&wid).expect("picked");
             w.running += 1;
@@ -605,6 +620,7 @@ impl Broker {
                     id,
                     json!({"entry_seq": seq, "cost": PROBE_COST, "fee": fee}),
                 );
+                self.counts[2] += 1;
                 (
                     event(
                         "intent.result",

@@ -54,6 +54,8 @@ pub enum Defect {
     HealthKeepsDeadWorkers,
     /// A metric is missing.
     MetricsMissingSeries,
+    /// Every series is there, but the counters never move.
+    MetricsFrozen,
     /// `session.ready` carries a wrong-typed field.
     EmitWrongTypedField,
     /// Undeclared members in the body of an `intent.*` request are ignored instead of refused
@@ -129,6 +131,10 @@ pub enum Defect {
     EchoInErrors,
     /// A refused `wallet.mint`'s error is also sent to every other client session.
     RefusalsToAll,
+    /// `intent.fetch` answers NOT_FOUND unless asked on the connection that submitted.
+    SessionBoundFetch,
+    /// `intent.cancel` answers NOT_FOUND unless asked on the connection that submitted.
+    SessionBoundCancel,
 }
 
 type State = super::fake_broker::Broker;
@@ -289,6 +295,12 @@ fn signer(path: &str, head: &str, state: &Mutex<State>) -> Result<String, (u16, 
     Ok(key)
 }
 
+/// `SessionBoundFetch` / `SessionBoundCancel`: the intent was submitted on another connection.
+fn not_this_sessions(state: &State, ev: &Value, conn: u64, fetch: bool, cancel: bool) -> bool {
+    let id = ev["body"]["intent_id"].as_str().unwrap_or_default();
+    (fetch || cancel) && state.submitted_on(id) != Some(conn)
+}
+
 /// Percent-decoding as a naive static file server does it (for `ServeStaticNaively`).
 fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
@@ -403,14 +415,24 @@ async fn http(
             (200, h.to_string())
         }
         "/metrics" => {
+            let [admitted, dispatched, succeeded] = if defect == Some(Defect::MetricsFrozen) {
+                [0; 3]
+            } else {
+                state.lock().expect("state").counts()
+            };
+            let counted = [
+                format!("mtor_intents_admitted_total {admitted}"),
+                format!("mtor_tasks_dispatched_total {dispatched}"),
+                format!("mtor_intent_latency_seconds_count {succeeded}"),
+            ];
             let mut names = vec![
                 "mtor_queue_depth 0",
-                "mtor_intents_admitted_total 0",
+                counted[0].as_str(),
                 "mtor_intents_rejected_total{code=\"QUEUE_FULL\"} 0",
-                "mtor_tasks_dispatched_total 0",
+                counted[1].as_str(),
                 "mtor_tasks_redispatched_total 0",
                 "mtor_intents_dead_lettered_total 0",
-                "mtor_intent_latency_seconds_count 0",
+                counted[2].as_str(),
                 "mtor_ledger_commit_batch_size_count 0",
                 "mtor_workers{state=\"healthy\"} 0",
             ];
@@ -810,6 +832,18 @@ async fn socket(
                 .lock()
                 .expect("state")
                 .mint(id.as_deref(), &ev["body"]),
+            "intent.cancel" | "intent.fetch"
+                if session.is_some()
+                    && not_this_sessions(
+                        &state.lock().expect("state"),
+                        &ev,
+                        conn,
+                        is(Defect::SessionBoundFetch) && kind == "intent.fetch",
+                        is(Defect::SessionBoundCancel) && kind == "intent.cancel",
+                    ) =>
+            {
+                reply("NOT_FOUND", id.as_deref())
+            }
             "intent.cancel" if session.is_some() => {
                 let wallet = session.clone().unwrap_or_default();
                 state.lock().expect("state").cancel(&wallet, &ev)
