@@ -1012,16 +1012,17 @@ pub fn settle_success_tx(
                 });
             }
             if fee > 0 {
-                // Seeded defect `fee-to-worker`: the fee leg credits the worker too.
-                let fee_account = if crate::defect::on(crate::defect::Defect::FeeToWorker) {
-                    worker_account(worker_key)
+                if crate::defect::on(crate::defect::Defect::FeeToWorker) {
+                    // Seeded defect `fee-to-worker`: the fee is added to the worker's leg.
+                    if let Some(worker) = postings.get_mut(1) {
+                        worker.amount = to_signed(cost)?;
+                    }
                 } else {
-                    FEES_ACCOUNT.to_owned()
-                };
-                postings.push(Posting {
-                    account: fee_account,
-                    amount: to_signed(fee)?,
-                });
+                    postings.push(Posting {
+                        account: FEES_ACCOUNT.to_owned(),
+                        amount: to_signed(fee)?,
+                    });
+                }
             }
             let key = Some(reservation.idempotency_key.as_str());
             Some(write_entry(tx, EntryKind::Capture, Some(intent_id), key, postings)?.seq)
