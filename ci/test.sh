@@ -48,3 +48,16 @@ elif [ "${MTOR_REQUIRE_DOCKER:-0}" = 1 ]; then
 else
   echo "SKIPPED: certifying $image: no container engine or no image"
 fi
+
+step "self-certification: the harness against the reference realm's seeded defects"
+# The realm built with --features defects (debug only; the feature refuses release builds), kept
+# under its own name. The clean realm runs three times with one seed (identical verdicts, no
+# false alarm); each defect of ci/defect-matrix.toml once: exactly its mapped cases must fail.
+# Profile `fast` leaves the load suite out of the runs of defects outside the dispatch family;
+# `ci/self-certify.py --profile full` runs everything (figures in docs/self-certification.md).
+cargo build -p mtor-realm --features defects --locked
+cp target/debug/mtor-realm target/debug/mtor-realm-defects
+python3 ci/self-certify.py --realm target/debug/mtor-realm-defects --profile fast \
+  --doc "$out/self-certification.md"
+# Put the clean realm back beside mtor-cert (cargo keeps both builds: this only re-links it).
+cargo build -p mtor-realm --locked
