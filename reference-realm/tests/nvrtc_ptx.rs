@@ -27,6 +27,15 @@ fn kernels_compile_to_ptx_with_nvrtc() {
                 "no entry point {name} in the PTX for {arch:?}"
             );
         }
+        for (name, want) in gpu::KERNEL_PARAMS {
+            let want: Vec<String> = want.iter().map(|t| (*t).to_owned()).collect();
+            eprintln!("  {name}({})", want.join(", "));
+            assert_eq!(
+                params_of(&ptx, name),
+                Some(want),
+                "{name}: PTX parameters differ from what the launches push"
+            );
+        }
         if let Some(a) = arch {
             let sm = a.replace("compute_", "sm_");
             assert!(ptx.contains(&format!(".target {sm}")), "PTX not for {sm}");
@@ -37,4 +46,20 @@ fn kernels_compile_to_ptx_with_nvrtc() {
             arch.unwrap_or("NVRTC's default architecture")
         );
     }
+}
+
+/// The `.param` types of entry `name` in `ptx` (e.g. `["u64", "u32"]`).
+fn params_of(ptx: &str, name: &str) -> Option<Vec<String>> {
+    let start = ptx.find(&format!(".entry {name}("))?;
+    let rest = &ptx[start..];
+    let list = &rest[rest.find('(')? + 1..rest.find(')')?];
+    Some(
+        list.split(',')
+            .filter_map(|p| {
+                let mut words = p.split_whitespace();
+                (words.next()? == ".param").then(|| words.next())?
+            })
+            .map(|t| t.trim_start_matches('.').to_owned())
+            .collect(),
+    )
 }

@@ -35,6 +35,14 @@ use super::{summarise, Analysis, Backend, Complex32, SignalParams};
 pub const KERNELS_CU: &str = include_str!("kernels.cu");
 /// The entry points `kernels.cu` must define.
 pub const KERNEL_NAMES: [&str; 3] = ["window_batch", "power_accumulate", "find_peaks"];
+/// The PTX parameter types of each entry point, in order, as the launches in this file push
+/// them (device pointers are `u64`). The NVRTC test checks the compiled PTX against this, so a
+/// kernel signature and its launch cannot drift apart unnoticed without a GPU.
+pub const KERNEL_PARAMS: [(&str, &[&str]); 3] = [
+    ("window_batch", &["u64", "u64", "u32", "u64"]),
+    ("power_accumulate", &["u64", "u64", "u32", "u32", "u32"]),
+    ("find_peaks", &["u64", "u32", "f32", "u64", "u64", "u32"]),
+];
 
 /// Most samples per batch slot (32 MiB of complex f32): bounds device and pinned memory.
 const BATCH_SAMPLES: usize = 1 << 22;
