@@ -398,6 +398,40 @@ mod tests {
     }
 
     #[test]
+    fn device_candidates_give_the_same_peaks_as_a_full_scan() {
+        // The GPU path hands summarise its peak candidates; any superset of the true peaks, in
+        // any order and with repeats, must give exactly the full scan's list.
+        let x = synth::generate(&synth::Spec {
+            sample_rate_hz: 1024.0,
+            len: 1024 * 4,
+            noise_power: 1.0,
+            tones: vec![
+                synth::Tone::at_snr(100.0, -5.0, 1.0),
+                synth::Tone::at_snr(-300.0, -8.0, 1.0),
+            ],
+            seed: 3,
+        });
+        let p = SignalParams {
+            sample_rate_hz: 1024.0,
+            fft_len: 1024,
+            window: Window::Hann,
+            averages: 4,
+            peaks: 5,
+            threshold_db: 6.0,
+            backend: BackendRequest::Any,
+        };
+        let (power, m) = cpu::power(&x, &p, 1);
+        let full = summarise(&p, &power, m, Backend::Cuda, None);
+        assert!(full.peaks.len() >= 2, "{full:?}");
+        let mut candidates: Vec<usize> = (0..1024).rev().collect();
+        candidates.extend([100, 100, 5000]);
+        let from_device = summarise(&p, &power, m, Backend::Cuda, Some(&candidates));
+        assert_eq!(full, from_device);
+        let bins: Vec<usize> = full.peaks.iter().map(|p| p.bin).collect();
+        assert_eq!(&bins[..2], &[100, 1024 - 300]);
+    }
+
+    #[test]
     fn false_alarm_probability_of_one_spectrum_is_closed_form() {
         // M = 1: exponential, median ln 2, P[X > g ln 2] = 2^(−g).
         let g = 10f64.powf(0.6);
