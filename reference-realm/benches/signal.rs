@@ -16,6 +16,7 @@ fn params(fft_len: usize, averages: usize) -> SignalParams {
         peaks: 8,
         threshold_db: 6.0,
         backend: BackendRequest::Cpu,
+        drift_max_hz_per_s: None,
     }
 }
 

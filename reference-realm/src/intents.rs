@@ -237,6 +237,9 @@ pub fn analyze_signal(
     gpu: Option<&signal::gpu::GpuEngine>,
 ) -> Result<TaskOutput, TaskError> {
     let (p, samples) = signal::decode(input).map_err(|e| TaskError::bad_input(e.0))?;
+    // The drift search runs on the CPU (decode refuses it with backend cuda), so with a drift
+    // search even a GPU worker computes on the CPU and says so.
+    let gpu = gpu.filter(|_| p.drift_max_hz_per_s.is_none());
     let analysis = match (p.backend, gpu) {
         (BackendRequest::Cpu, _) | (BackendRequest::Any, None) => {
             signal::cpu::analyze(&samples, &p)

@@ -255,6 +255,7 @@ fn bench_signal(mode: GpuMode, fft_len: usize, batch: usize, iters: usize) -> an
                 peaks: 8,
                 threshold_db: 6.0,
                 backend: signal::BackendRequest::Cpu,
+                drift_max_hz_per_s: None,
             };
             let threads = signal::cpu::default_threads();
             let t = std::time::Instant::now();

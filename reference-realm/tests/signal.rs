@@ -2,6 +2,8 @@
 //! documented false-alarm rate in pure noise, and the GPU path against the CPU path (skipped,
 //! saying so, without a GPU; `MTOR_REQUIRE_GPU=1` turns the skip into a failure).
 
+mod common;
+
 use mtor_realm::intents;
 use mtor_realm::signal::gpu::{self, GpuEngine};
 use mtor_realm::signal::synth::{self, Tone};
@@ -21,6 +23,7 @@ fn params(fft_len: usize, averages: usize, window: Window, threshold_db: f64) ->
         peaks: 8,
         threshold_db,
         backend: BackendRequest::Any,
+        drift_max_hz_per_s: None,
     }
 }
 
@@ -245,4 +248,69 @@ fn gpu_probe_never_panics_and_says_why() {
         Err(e) => panic!("auto must not fail: {e}"),
     }
     assert!(matches!(gpu::engine_for(gpu::GpuMode::Off), Ok(None)));
+}
+
+#[test]
+fn drift_search_recovers_the_drift_rate_of_each_tone() {
+    // L 256 at 25.6 kHz: 100 Hz bins, 10 ms segments; 64 segments span 0.63 s, so one bin of
+    // total drift is 158.7 Hz/s.
+    let (n, m, rate) = (256usize, 64usize, 25_600.0f64);
+    let step = mtor_realm::signal::drift::drift_rate_hz_per_s(1, m, n, rate);
+    let seg_s = n as f64 / rate;
+    // Place a tone drifting `bins` bins over the observation so that its mid-observation
+    // frequency is `mid_bin`.
+    let tone = |mid_bin: f64, bins: f64, snr_db: f64| {
+        let r = bins * step;
+        let f_mid = mid_bin * rate / n as f64;
+        Tone::at_snr(f_mid - r * (m as f64 / 2.0) * seg_s, snr_db, 1.0).drifting(r)
+    };
+    let x = synth::generate(&synth::Spec {
+        sample_rate_hz: rate,
+        len: n * m,
+        noise_power: 1.0,
+        tones: vec![
+            tone(60.0, 20.0, 0.0),
+            tone(-50.0, -12.0, 0.0),
+            tone(10.0, 0.0, -3.0),
+        ],
+        seed: 11,
+    });
+    let mut p = params(n, m, Window::Hann, 6.0);
+    p.sample_rate_hz = rate;
+    p.peaks = 64;
+    p.drift_max_hz_per_s = Some(40.0 * step);
+    let a = cpu::analyze(&x, &p);
+    common::assert_valid("intents/analyze-signal.output", &a.to_json());
+    let (got_step, max) = a.drift_search.expect("drift search ran");
+    assert!((got_step - step).abs() < 1e-9 && (max - 40.0 * step).abs() < 1e-6);
+    // For each tone, the strongest peak inside its smear reports its drift within one step.
+    for (lo, hi, want_bins) in [
+        (48usize, 72usize, 20.0),
+        (256 - 58, 256 - 42, -12.0),
+        (8, 12, 0.0),
+    ] {
+        let peak = a
+            .peaks
+            .iter()
+            .find(|q| (lo..=hi).contains(&q.bin))
+            .unwrap_or_else(|| panic!("no peak in {lo}..={hi}: {a:?}"));
+        let d = peak.drift_hz_per_s.expect("drift reported");
+        assert!(
+            (d - want_bins * step).abs() <= step + 1e-9,
+            "bin {}: drift {d} Hz/s, want {} Hz/s",
+            peak.bin,
+            want_bins * step
+        );
+    }
+    // Without a drift search nothing of it appears in the output.
+    p.drift_max_hz_per_s = None;
+    let plain = cpu::analyze(&x, &p).to_json();
+    common::assert_valid("intents/analyze-signal.output", &plain);
+    assert!(plain.get("drift_step_hz_per_s").is_none());
+    assert!(plain["peaks"][0].get("drift_hz_per_s").is_none());
+    // A drift search with backend cuda is refused: this realm runs it on the CPU.
+    let input = json!({"sample_rate_hz": rate, "encoding": "cf32le-base64",
+        "samples": synth::to_base64(&x[..n * 2]), "fft_len": n, "window": "hann", "averages": 2,
+        "peaks": 2, "backend": "cuda", "drift_max_hz_per_s": 100.0});
+    assert!(intents::check_input("analyze-signal", &input).is_err());
 }

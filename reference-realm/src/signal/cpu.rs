@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use rustfft::{Fft, FftPlanner};
 
-use super::{summarise, Analysis, Backend, Complex32, Complex64, SignalParams};
+use super::{drift, summarise, Analysis, Backend, Complex32, Complex64, SignalParams};
 
 /// Samples below which one more thread does not pay for itself (spawn and join cost ≈ the FFT of
 /// a few thousand points).
@@ -119,10 +119,59 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// Runs the whole analysis on the CPU.
+/// Runs the whole analysis on the CPU, with the drift search when the input asks for one.
 pub fn analyze(samples: &[Complex32], params: &SignalParams) -> Analysis {
-    let (power, segments) = power(samples, params, default_threads());
-    summarise(params, &power, segments, Backend::Cpu, None)
+    let Some(rate) = params.drift_max_hz_per_s else {
+        let (power, segments) = power(samples, params, default_threads());
+        return summarise(params, &power, segments, Backend::Cpu, None);
+    };
+    let spectra = segment_spectra(samples, params);
+    let segments = spectra.len();
+    let n = params.fft_len;
+    let mut power = vec![0f64; n];
+    for p in &spectra {
+        for (a, v) in power.iter_mut().zip(p) {
+            *a += v;
+        }
+    }
+    for a in &mut power {
+        *a /= segments.max(1) as f64;
+    }
+    let mut analysis = summarise(params, &power, segments, Backend::Cpu, None);
+    let max_bins = drift::max_bins_for(rate, segments, n, params.sample_rate_hz);
+    for peak in &mut analysis.peaks {
+        let d = drift::best_drift(&spectra, peak.bin, max_bins);
+        peak.drift_hz_per_s = Some(drift::drift_rate_hz_per_s(
+            d,
+            segments,
+            n,
+            params.sample_rate_hz,
+        ));
+    }
+    let step = drift::drift_rate_hz_per_s(1, segments, n, params.sample_rate_hz);
+    analysis.drift_search = Some((step, step * max_bins as f64));
+    analysis
+}
+
+/// The normalised power spectrum of each segment, |X_m[k]|² / (Σ w)² (what the drift search
+/// walks through; their mean is P of section 15.2 item 4).
+pub fn segment_spectra(samples: &[Complex32], params: &SignalParams) -> Vec<Vec<f64>> {
+    let n = params.fft_len;
+    let window = params.window.coefficients(n);
+    let gain: f64 = window.iter().sum();
+    let fft = FftPlanner::<f64>::new().plan_fft_forward(n);
+    let mut buf = vec![Complex64::new(0.0, 0.0); n];
+    samples
+        .chunks_exact(n)
+        .take(params.segments(samples.len()))
+        .map(|seg| {
+            for ((b, s), w) in buf.iter_mut().zip(seg).zip(&window) {
+                *b = Complex64::new(f64::from(s.re), f64::from(s.im)) * *w;
+            }
+            fft.process(&mut buf);
+            buf.iter().map(|x| x.norm_sqr() / (gain * gain)).collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -140,6 +189,7 @@ mod tests {
             peaks: 8,
             threshold_db: 6.0,
             backend: BackendRequest::Any,
+            drift_max_hz_per_s: None,
         }
     }
 

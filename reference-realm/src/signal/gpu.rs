@@ -522,6 +522,7 @@ impl GpuEngine {
             peaks: 8,
             threshold_db: 6.0,
             backend: super::BackendRequest::Cuda,
+            drift_max_hz_per_s: None,
         };
         let iters = iters.max(1);
         // Warm-up: plans, buffers and the window are made once.

@@ -11,6 +11,7 @@
 //!   optional drift) for tests and benchmarks.
 
 pub mod cpu;
+pub mod drift;
 pub mod gpu;
 pub mod synth;
 
@@ -98,6 +99,8 @@ pub struct SignalParams {
     pub threshold_db: f64,
     /// Where the client asks for it to run.
     pub backend: BackendRequest,
+    /// Search each peak's drift rate up to this many Hz/s (section 15.2 item 11), if asked.
+    pub drift_max_hz_per_s: Option<f64>,
 }
 
 impl SignalParams {
@@ -156,6 +159,28 @@ pub fn decode(input: &Value) -> Result<(SignalParams, Vec<Complex32>), BadInput>
         Some(Some("cuda")) => BackendRequest::Cuda,
         _ => return Err(bad("backend must be any, cpu or cuda")),
     };
+    let drift_max_hz_per_s = match input.get("drift_max_hz_per_s") {
+        None => None,
+        Some(v) => Some(
+            v.as_f64()
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .ok_or_else(|| bad("drift_max_hz_per_s must be a positive number"))?,
+        ),
+    };
+    if drift_max_hz_per_s.is_some() {
+        if averages.saturating_mul(fft_len) > drift::MAX_CELLS {
+            return Err(BadInput(format!(
+                "a drift search keeps every spectrum: averages × fft_len must be at most {}",
+                drift::MAX_CELLS
+            )));
+        }
+        if backend == BackendRequest::Cuda {
+            // This realm runs the drift search on the CPU; SIG-8 forbids calling that cuda.
+            return Err(bad(
+                "this realm runs the drift search on the CPU: use backend any or cpu",
+            ));
+        }
+    }
     let text = input
         .get("samples")
         .and_then(Value::as_str)
@@ -179,6 +204,7 @@ pub fn decode(input: &Value) -> Result<(SignalParams, Vec<Complex32>), BadInput>
             peaks,
             threshold_db,
             backend,
+            drift_max_hz_per_s,
         },
         samples,
     ))
@@ -220,6 +246,8 @@ pub struct Peak {
     pub power_db: f64,
     /// `power_db − noise_floor_db`.
     pub snr_db: f64,
+    /// Its drift rate, Hz/s, when a drift search was asked for (section 15.2 item 11).
+    pub drift_hz_per_s: Option<f64>,
 }
 
 /// The result of one analysis.
@@ -237,6 +265,8 @@ pub struct Analysis {
     pub peaks: Vec<Peak>,
     /// Where the spectrum was computed.
     pub backend: Backend,
+    /// When a drift search ran: (step, largest rate searched), Hz/s.
+    pub drift_search: Option<(f64, f64)>,
 }
 
 impl Analysis {
@@ -246,17 +276,26 @@ impl Analysis {
             .peaks
             .iter()
             .map(|p| {
-                json!({"bin": p.bin, "freq_hz": p.freq_hz, "power_db": p.power_db, "snr_db": p.snr_db})
+                let mut v = json!({"bin": p.bin, "freq_hz": p.freq_hz, "power_db": p.power_db, "snr_db": p.snr_db});
+                if let Some(d) = p.drift_hz_per_s {
+                    v["drift_hz_per_s"] = json!(d);
+                }
+                v
             })
             .collect();
-        json!({
+        let mut out = json!({
             "fft_len": self.fft_len,
             "bin_hz": self.bin_hz,
             "spectra_averaged": self.spectra_averaged,
             "noise_floor_db": self.noise_floor_db,
             "peaks": peaks,
             "backend": self.backend.as_str(),
-        })
+        });
+        if let Some((step, max)) = self.drift_search {
+            out["drift_step_hz_per_s"] = json!(step);
+            out["drift_max_searched_hz_per_s"] = json!(max);
+        }
+        out
     }
 }
 
@@ -336,6 +375,7 @@ pub fn summarise(
                 freq_hz: bin_freq_hz(k, n, bin_hz),
                 power_db,
                 snr_db: power_db - noise_floor_db,
+                drift_hz_per_s: None,
             }
         })
         .collect();
@@ -346,6 +386,7 @@ pub fn summarise(
         noise_floor_db,
         peaks,
         backend,
+        drift_search: None,
     }
 }
 
@@ -419,6 +460,7 @@ mod tests {
             peaks: 5,
             threshold_db: 6.0,
             backend: BackendRequest::Any,
+            drift_max_hz_per_s: None,
         };
         let (power, m) = cpu::power(&x, &p, 1);
         let full = summarise(&p, &power, m, Backend::Cuda, None);
