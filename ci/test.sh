@@ -26,6 +26,9 @@ ci/build-images.sh --if-engine
 step "cargo test"
 cargo test --workspace --locked
 
+step "the GPU path's CUDA kernels compile to PTX (NVRTC from the nvidia-cuda-nvrtc wheel; no GPU needed)"
+ci/nvrtc.sh
+
 step "independent contract check (python-jsonschema, not our validator)"
 python3 ci/check-contract.py
 

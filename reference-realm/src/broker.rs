@@ -251,6 +251,8 @@ pub enum BrokerMsg {
         intents: Vec<String>,
         /// Concurrency.
         concurrency: usize,
+        /// Declared capabilities (`worker.register` `capabilities`), or null.
+        capabilities: Value,
         /// Its outbox.
         tx: Outbox,
     },
@@ -796,8 +798,15 @@ impl Broker {
                 worker_key,
                 intents,
                 concurrency,
+                capabilities,
                 tx,
-            } => self.worker_join(conn, worker_id, worker_key, intents, concurrency, tx),
+            } => self.worker_join(
+                conn,
+                worker_id,
+                worker_key,
+                (intents, concurrency, capabilities),
+                tx,
+            ),
             BrokerMsg::WorkerLeave { conn } => self.worker_left(conn),
             BrokerMsg::Heartbeat { conn, draining } => {
                 let now = self.now_ms();
@@ -920,8 +929,7 @@ impl Broker {
         conn: u64,
         worker_id: String,
         worker_key: String,
-        intents: Vec<String>,
-        concurrency: usize,
+        (intents, concurrency, capabilities): (Vec<String>, usize, Value),
         tx: Outbox,
     ) {
         // The same key reconnecting before its old connection was noticed as closed: the old
@@ -935,7 +943,7 @@ impl Broker {
             key: worker_key.clone(),
             intents: intents.clone(),
             concurrency: u32::try_from(concurrency).unwrap_or(1),
-            capabilities: Value::Null,
+            capabilities,
         };
         if let Err(e) = self.registry.enroll(enrolment, now) {
             warn!(worker = %worker_id, error = %e, "enrolment refused");
@@ -1037,8 +1045,10 @@ impl Broker {
                 None,
             );
         };
-        let pin = intents::pinned_key(spec.name, &submit.input);
-        if !self.registry.servable_by(spec.name, pin, now) {
+        // The intent's lane: a pinned probe's (PRB-6) or a GPU request's (SIG-10) needs a
+        // worker of that key or with a GPU, not just one that lists the intent.
+        let lane = intents::lane(spec.name, &submit.input);
+        if !self.registry.servable_lane(spec.name, &lane, now) {
             return self.reject(
                 &session_id,
                 &corr,
@@ -1319,7 +1329,7 @@ impl Broker {
                     (
                         load,
                         w.worker_id.clone(),
-                        intents::worker_lanes(&w.intents, &w.key),
+                        intents::worker_lanes(&w.intents, &w.key, &w.capabilities),
                     )
                 })
                 .collect();

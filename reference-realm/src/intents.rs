@@ -2,15 +2,18 @@
 //!
 //! - `cert.probe`: deterministic, so the harness can check it: digest = hex SHA-256 of
 //!   `"cert.probe\n" + nonce`, optional `work_ms` sleep, optional forced failure.
-//! - `analyze-signal`: averaged power spectrum of complex float samples (CPU path, rustfft),
-//!   noise floor = median bin power, peaks = local maxima at least `threshold_db` above it.
+//! - `analyze-signal`: averaged power spectrum of complex float samples, noise floor = median
+//!   bin power, peaks = local maxima at least `threshold_db` above it; the DSP lives in
+//!   [`crate::signal`] (CPU path on rustfft, CUDA path on cudarc).
 
 use std::time::Duration;
 
-use base64::Engine;
-use rustfft::num_complex::Complex64;
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+use crate::signal::{self, BackendRequest};
 
 /// An intent the realm serves, with its price.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,22 +83,42 @@ pub fn pinned_key<'a>(name: &str, input: &'a Value) -> Option<&'a str> {
         .flatten()
 }
 
-/// The dispatch lane of an intent: its name, or for a pinned probe `cert.probe@<worker_key>`.
-/// The queue matches lanes against the lanes a worker serves ([`worker_lanes`]), so a pinned
-/// probe reaches only workers of its key without the queue knowing about pins.
+/// The lane of `analyze-signal` inputs that ask for `backend: "cuda"` (SIG-10).
+pub const GPU_SIGNAL_LANE: &str = "analyze-signal@cuda";
+
+/// The dispatch lane of an intent: its name; for a pinned probe `cert.probe@<worker_key>`; for
+/// an analysis that asks for a GPU [`GPU_SIGNAL_LANE`]. The queue matches lanes against the
+/// lanes a worker serves ([`worker_lanes`]), so such work reaches only the workers that can take
+/// it without the queue knowing about pins or GPUs.
 pub fn lane(name: &str, input: &Value) -> String {
-    match pinned_key(name, input) {
-        Some(key) => format!("{name}@{key}"),
-        None => name.to_owned(),
+    if let Some(key) = pinned_key(name, input) {
+        return format!("{name}@{key}");
     }
+    if name == "analyze-signal" && signal::requested_backend(input) == BackendRequest::Cuda {
+        return GPU_SIGNAL_LANE.to_owned();
+    }
+    name.to_owned()
 }
 
-/// The lanes a worker with `key` serving `intents` takes from: its intents, plus the lane of
-/// probes pinned to its key when it serves `cert.probe`.
-pub fn worker_lanes<S: AsRef<str>>(intents: impl IntoIterator<Item = S>, key: &str) -> Vec<String> {
+/// Whether enrolment `capabilities` declare a GPU (`{"gpu": {...}}`).
+pub fn has_gpu(capabilities: &Value) -> bool {
+    capabilities.get("gpu").is_some_and(Value::is_object)
+}
+
+/// The lanes a worker with `key` and `capabilities` serving `intents` takes from: its intents,
+/// plus the lane of probes pinned to its key when it serves `cert.probe`, plus
+/// [`GPU_SIGNAL_LANE`] when it serves `analyze-signal` and declared a GPU.
+pub fn worker_lanes<S: AsRef<str>>(
+    intents: impl IntoIterator<Item = S>,
+    key: &str,
+    capabilities: &Value,
+) -> Vec<String> {
     let mut lanes: Vec<String> = intents.into_iter().map(|s| s.as_ref().to_owned()).collect();
     if lanes.iter().any(|n| n == "cert.probe") {
         lanes.push(format!("cert.probe@{key}"));
+    }
+    if has_gpu(capabilities) && lanes.iter().any(|n| n == "analyze-signal") {
+        lanes.push(GPU_SIGNAL_LANE.to_owned());
     }
     lanes
 }
@@ -104,7 +127,7 @@ pub fn worker_lanes<S: AsRef<str>>(intents: impl IntoIterator<Item = S>, key: &s
 /// `analyze-signal`, the samples must decode to whole finite complex values, at least `fft_len`.
 pub fn check_input(name: &str, input: &Value) -> Result<(), String> {
     match name {
-        "analyze-signal" => signal_params(input).map(|_| ()).map_err(|e| e.message),
+        "analyze-signal" => signal::decode(input).map(|_| ()).map_err(|e| e.0),
         _ => Ok(()),
     }
 }
@@ -144,13 +167,18 @@ pub struct TaskOutput {
     pub units: u64,
 }
 
-/// Runs one task on this worker.
-pub async fn run(intent: &str, input: &Value, worker_id: &str) -> Result<TaskOutput, TaskError> {
+/// Runs one task on this worker; `gpu` is the worker's GPU, if it uses one.
+pub async fn run(
+    intent: &str,
+    input: &Value,
+    worker_id: &str,
+    gpu: Option<Arc<signal::gpu::GpuEngine>>,
+) -> Result<TaskOutput, TaskError> {
     match intent {
         "cert.probe" => cert_probe(input, worker_id).await,
         "analyze-signal" => {
             let input = input.clone();
-            tokio::task::spawn_blocking(move || analyze_signal(&input))
+            tokio::task::spawn_blocking(move || analyze_signal(&input, gpu.as_deref()))
                 .await
                 .map_err(|e| TaskError {
                     code: "WORKER_ERROR",
@@ -201,176 +229,52 @@ async fn cert_probe(input: &Value, worker_id: &str) -> Result<TaskOutput, TaskEr
     })
 }
 
-/// The parameters of one `analyze-signal` run, checked.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SignalParams {
-    /// Sample rate in Hz.
-    pub sample_rate_hz: f64,
-    /// FFT length (power of two, 16..65536).
-    pub fft_len: usize,
-    /// Hann (true) or rectangular window.
-    pub hann: bool,
-    /// Most spectra to average.
-    pub averages: usize,
-    /// Most peaks to report.
-    pub peaks: usize,
-    /// Peak threshold above the noise floor, dB.
-    pub threshold_db: f64,
-}
-
-fn signal_params(input: &Value) -> Result<(SignalParams, Vec<Complex64>), TaskError> {
-    let num = |k: &str| input.get(k).and_then(Value::as_f64);
-    let int = |k: &str| input.get(k).and_then(Value::as_u64);
-    let sample_rate_hz = num("sample_rate_hz")
-        .filter(|r| r.is_finite() && *r > 0.0)
-        .ok_or_else(|| TaskError::bad_input("sample_rate_hz must be a positive number"))?;
-    if input.get("encoding").and_then(Value::as_str) != Some("cf32le-base64") {
-        return Err(TaskError::bad_input("encoding must be cf32le-base64"));
-    }
-    let fft_len = int("fft_len")
-        .filter(|n| (16..=65_536).contains(n) && n.is_power_of_two())
-        .ok_or_else(|| TaskError::bad_input("fft_len must be a power of two in 16..65536"))?
-        as usize;
-    let hann = match input.get("window").and_then(Value::as_str) {
-        Some("hann") => true,
-        Some("rect") => false,
-        _ => return Err(TaskError::bad_input("window must be hann or rect")),
-    };
-    let averages = int("averages")
-        .filter(|n| (1..=4096).contains(n))
-        .ok_or_else(|| TaskError::bad_input("averages must be in 1..4096"))?
-        as usize;
-    let peaks = int("peaks")
-        .filter(|n| (1..=64).contains(n))
-        .ok_or_else(|| TaskError::bad_input("peaks must be in 1..64"))? as usize;
-    let threshold_db = num("threshold_db").unwrap_or(6.0);
-    let text = input
-        .get("samples")
-        .and_then(Value::as_str)
-        .ok_or_else(|| TaskError::bad_input("samples must be a base64 string"))?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .map_err(|e| TaskError::bad_input(format!("samples are not base64: {e}")))?;
-    if bytes.len() % 8 != 0 {
-        return Err(TaskError::bad_input(
-            "samples must be whole I,Q pairs of little-endian f32 (8 bytes each)",
-        ));
-    }
-    // Samples arrive as binary32 but are analysed in double precision (SIG-7).
-    let samples: Vec<Complex64> = bytes
-        .chunks_exact(8)
-        .map(|c| {
-            let re = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            let im = f32::from_le_bytes([c[4], c[5], c[6], c[7]]);
-            Complex64::new(f64::from(re), f64::from(im))
-        })
-        .collect();
-    if samples
-        .iter()
-        .any(|s| !s.re.is_finite() || !s.im.is_finite())
-    {
-        return Err(TaskError::bad_input("samples hold NaN or infinite values"));
-    }
-    if samples.len() < fft_len {
-        return Err(TaskError::bad_input(format!(
-            "{} samples are fewer than fft_len {fft_len}",
-            samples.len()
-        )));
-    }
-    Ok((
-        SignalParams {
-            sample_rate_hz,
-            fft_len,
-            hann,
-            averages,
-            peaks,
-            threshold_db,
-        },
-        samples,
-    ))
-}
-
-/// Runs `analyze-signal` on the CPU, following section 15.2 of the protocol exactly.
-pub fn analyze_signal(input: &Value) -> Result<TaskOutput, TaskError> {
-    let (p, samples) = signal_params(input)?;
-    let n = p.fft_len;
-    // Periodic Hann: w[n] = 0.5 - 0.5 cos(2 pi n / L).
-    let window: Vec<f64> = (0..n)
-        .map(|i| {
-            if p.hann {
-                0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos()
-            } else {
-                1.0
-            }
-        })
-        .collect();
-    // Normalised by (sum w)^2 so that a unit tone centred on a bin reads 0 dB.
-    let gain: f64 = window.iter().sum();
-    let fft = rustfft::FftPlanner::<f64>::new().plan_fft_forward(n);
-    let segments = (samples.len() / n).min(p.averages);
-    let mut power = vec![0f64; n];
-    let mut buf = vec![Complex64::new(0.0, 0.0); n];
-    for seg in samples.chunks_exact(n).take(segments) {
-        for ((b, s), w) in buf.iter_mut().zip(seg).zip(&window) {
-            *b = s * *w;
+/// Runs `analyze-signal`: decodes and checks the input, then computes on `gpu` when given and
+/// the input allows it, else on the CPU (section 15.2).
+///
+/// An input asking for `backend: "cuda"` never silently runs on the CPU (SIG-8): without a GPU,
+/// or when the GPU fails, it fails with a retryable `WORKER_ERROR` so another GPU worker may
+/// take it. An input asking for `"any"` falls back to the CPU when the GPU fails.
+pub fn analyze_signal(
+    input: &Value,
+    gpu: Option<&signal::gpu::GpuEngine>,
+) -> Result<TaskOutput, TaskError> {
+    let (p, samples) = signal::decode(input).map_err(|e| TaskError::bad_input(e.0))?;
+    // The drift search runs on the CPU (decode refuses it with backend cuda), so with a drift
+    // search even a GPU worker computes on the CPU and says so.
+    let gpu = gpu.filter(|_| p.drift_max_hz_per_s.is_none());
+    let analysis = match (p.backend, gpu) {
+        (BackendRequest::Cpu, _) | (BackendRequest::Any, None) => {
+            signal::cpu::analyze(&samples, &p)
         }
-        fft.process(&mut buf);
-        for (acc, x) in power.iter_mut().zip(&buf) {
-            *acc += x.norm_sqr();
+        (BackendRequest::Any, Some(engine)) => {
+            signal::gpu::analyze_with(Some(engine), &samples, &p)
         }
-    }
-    let scale = 1.0 / (segments.max(1) as f64 * gain * gain);
-    let pw: Vec<f64> = power.iter().map(|v| v * scale).collect();
-    let db = |v: f64| 10.0 * v.max(1e-30).log10();
-    let mut sorted = pw.clone();
-    sorted.sort_by(f64::total_cmp);
-    // L is even (a power of two >= 16): the median is the mean of the two middle values.
-    let median = (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0;
-    let noise_floor_db = db(median);
-    let bin_hz = p.sample_rate_hz / n as f64;
-    let mut peaks: Vec<(usize, f64)> = (0..n)
-        .filter(|&k| {
-            let prev = pw[(k + n - 1) % n];
-            let next = pw[(k + 1) % n];
-            pw[k] > prev && pw[k] >= next && db(pw[k]) - noise_floor_db >= p.threshold_db
-        })
-        .map(|k| (k, db(pw[k])))
-        .collect();
-    // Strongest first; the sort is stable, so equal powers keep the smaller bin first.
-    peaks.sort_by(|a, b| b.1.total_cmp(&a.1));
-    peaks.truncate(p.peaks);
-    let peaks: Vec<Value> = peaks
-        .into_iter()
-        .map(|(k, pdb)| {
-            // Complex input: the upper half of the bins are negative frequencies.
-            let signed = if k < n / 2 {
-                k as f64
-            } else {
-                k as f64 - n as f64
-            };
-            json!({
-                "bin": k,
-                "freq_hz": signed * bin_hz,
-                "power_db": pdb,
-                "snr_db": pdb - noise_floor_db,
+        (BackendRequest::Cuda, Some(engine)) => {
+            engine.analyze(&samples, &p).map_err(|e| TaskError {
+                code: "WORKER_ERROR",
+                message: format!("GPU analysis failed: {e}"),
+                retryable: true,
+            })?
+        }
+        (BackendRequest::Cuda, None) => {
+            return Err(TaskError {
+                code: "WORKER_ERROR",
+                message: "this worker has no usable GPU for backend cuda".to_owned(),
+                retryable: true,
             })
-        })
-        .collect();
+        }
+    };
     Ok(TaskOutput {
-        output: json!({
-            "fft_len": n,
-            "bin_hz": bin_hz,
-            "spectra_averaged": segments,
-            "noise_floor_db": noise_floor_db,
-            "peaks": peaks,
-            "backend": "cpu",
-        }),
+        output: analysis.to_json(),
         units: signal_units(samples.len() as u64),
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+
     use super::*;
 
     #[test]
@@ -390,11 +294,14 @@ mod tests {
         assert_eq!(lane("cert.probe", &pinned), format!("cert.probe@{key}"));
         // Only cert.probe knows pins.
         assert_eq!(lane("analyze-signal", &pinned), "analyze-signal");
-        let lanes = worker_lanes(["cert.probe", "analyze-signal"], key);
+        let none = Value::Null;
+        let lanes = worker_lanes(["cert.probe", "analyze-signal"], key, &none);
         assert!(lanes.contains(&lane("cert.probe", &pinned)));
-        assert!(!worker_lanes(["cert.probe"], "other").contains(&lane("cert.probe", &pinned)));
+        assert!(
+            !worker_lanes(["cert.probe"], "other", &none).contains(&lane("cert.probe", &pinned))
+        );
         assert_eq!(
-            worker_lanes(["analyze-signal"], key),
+            worker_lanes(["analyze-signal"], key, &none),
             vec!["analyze-signal"]
         );
     }
@@ -406,7 +313,7 @@ mod tests {
             "samples": "iLl8P3t70TwUIDI/ifwwP713Pr0NRX0/a8kmv8tyOj9bunK/r+ZLPF73L7+spTK/1JqqvYMNdb9GgDs/bKIuv71Zaj/7krK93KEpP8oGLz+rOHo8jml/P9JZLr96zCw/cQx8vxhyoTxdez2/8ggfv7n84zynrXC/PhQtPzJ8Pr+hmHs/V1yuuyUcPT//Mjg/kDy3vGTAcz/Srju/qqVEP70rhb+hgUg8VY8vv4oWSL891x47s0dvv0g8Gz/AIjm/NKR+P/pfJ73MYjs/3zg0Pxj7lb1YTIU/rHMsv0kgQT9zj22/AGCUPB1+M78QpkW/5hX8PE7qg7+JOS8/aDVFvw==",
             "fft_len": 16, "window": "hann", "averages": 2, "peaks": 4, "threshold_db": 6
         });
-        let out = match analyze_signal(&input) {
+        let out = match analyze_signal(&input, None) {
             Ok(o) => o.output,
             Err(e) => panic!("{e}"),
         };
@@ -439,7 +346,7 @@ mod tests {
             "samples": base64::engine::general_purpose::STANDARD.encode(&bytes),
             "fft_len": n, "window": "hann", "averages": 8, "peaks": 3
         });
-        let out = analyze_signal(&input).map_err(|e| e.to_string());
+        let out = analyze_signal(&input, None).map_err(|e| e.to_string());
         let out = out.as_ref().map(|o| &o.output);
         let Ok(out) = out else { panic!("{out:?}") };
         assert_eq!(out["spectra_averaged"], json!(4));

@@ -17,6 +17,7 @@ pub mod probe;
 pub mod queue;
 pub mod registry;
 pub mod server;
+pub mod signal;
 pub mod store;
 pub mod wire;
 pub mod worker;

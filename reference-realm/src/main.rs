@@ -1,7 +1,8 @@
 //! `mtor-realm`: the MTOR/1 reference realm.
 //!
 //! - `mtor-realm up`: run a realm with built-in workers.
-//! - `mtor-realm worker`: run a worker node against a realm.
+//! - `mtor-realm worker`: run a worker node against a realm (`--gpu auto|off|require`).
+//! - `mtor-realm bench-signal`: time the analyze-signal GPU (or CPU) path.
 //! - `mtor-realm wallet new|balance|mint`, `mtor-realm ask`: a small terminal client.
 
 use std::path::PathBuf;
@@ -16,7 +17,8 @@ use tracing::{error, info};
 use mtor_realm::cli::ClientSession;
 use mtor_realm::config::{Overrides, RealmConfig};
 use mtor_realm::identity::{self, KeyPair};
-use mtor_realm::{intents, server, worker};
+use mtor_realm::signal::gpu::{self, GpuMode};
+use mtor_realm::{intents, server, signal, worker};
 
 /// The MTOR/1 reference realm.
 #[derive(Parser)]
@@ -48,6 +50,10 @@ enum Command {
         /// Lease length in ms [env MTOR_LEASE_MS; default 10000].
         #[arg(long, hide = true)]
         lease_ms: Option<u64>,
+        /// GPU for analyze-signal (auto|off|require): built-in worker 0 takes the GPU when one
+        /// is usable, the others stay on the CPU.
+        #[arg(long, default_value = "auto")]
+        gpu: GpuMode,
     },
     /// Run a worker node.
     Worker {
@@ -67,6 +73,26 @@ enum Command {
         /// (hex seed) is set.
         #[arg(long, default_value = "./worker.key")]
         key_file: PathBuf,
+        /// GPU for analyze-signal: auto (use one if usable, else the CPU, saying why), off, or
+        /// require (exit with an error when no usable GPU is found).
+        #[arg(long, default_value = "auto")]
+        gpu: GpuMode,
+    },
+    /// Benchmark the analyze-signal GPU path: prints samples per second and achieved memory
+    /// bandwidth; with --gpu off (or no GPU under auto) it times the CPU path instead.
+    BenchSignal {
+        /// auto, off (CPU only) or require (exit 1 without a usable GPU).
+        #[arg(long, default_value = "require")]
+        gpu: GpuMode,
+        /// FFT length (power of two, 16..65536).
+        #[arg(long, default_value_t = 4096)]
+        fft_len: usize,
+        /// Segments per run.
+        #[arg(long, default_value_t = 4096)]
+        batch: usize,
+        /// Timed runs.
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
     },
     /// Probe a realm's health endpoint: exit 0 when it answers 2xx, 1 otherwise (the container
     /// image's HEALTHCHECK, which has no shell or curl).
@@ -170,6 +196,80 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// Opens the process's GPU for analyze-signal under `mode` (off the async threads: opening
+/// compiles the kernels with NVRTC).
+async fn open_gpu(mode: GpuMode) -> anyhow::Result<Option<std::sync::Arc<gpu::GpuEngine>>> {
+    let opened = tokio::task::spawn_blocking(move || gpu::engine_for(mode))
+        .await
+        .context("opening the GPU")?;
+    opened.map_err(|e| anyhow::anyhow!("--gpu require: no usable GPU: {e}"))
+}
+
+/// `mtor-realm bench-signal`: times the analyze-signal pipeline on synthetic noise.
+fn bench_signal(mode: GpuMode, fft_len: usize, batch: usize, iters: usize) -> anyhow::Result<()> {
+    if !(16..=65_536).contains(&fft_len) || !fft_len.is_power_of_two() {
+        bail!("--fft-len must be a power of two in 16..65536");
+    }
+    let batch = batch.max(1);
+    let samples = fft_len * batch;
+    println!("analyze-signal benchmark: fft_len {fft_len}, batch {batch} ({samples} complex samples per run), {iters} runs");
+    match gpu::engine_for(mode) {
+        Ok(Some(engine)) => {
+            let r = engine
+                .bench(fft_len, batch, iters)
+                .context("GPU benchmark")?;
+            let (major, minor) = r.info.compute_capability;
+            println!(
+                "device: {} ({:.1} GiB, compute capability {major}.{minor})",
+                r.info.name,
+                r.info.memory_bytes as f64 / (1u64 << 30) as f64
+            );
+            println!(
+                "gpu window+fft+power (device-resident): {:.3e} samples/s, achieved memory bandwidth {:.1} GB/s ({} B/sample model)",
+                r.device_samples_per_s,
+                r.device_gb_per_s,
+                gpu::BYTES_PER_SAMPLE
+            );
+            println!(
+                "gpu whole analysis from host memory:    {:.3e} samples/s",
+                r.end_to_end_samples_per_s
+            );
+            Ok(())
+        }
+        Ok(None) => {
+            if mode == GpuMode::Auto {
+                println!("no usable GPU: timing the CPU path instead");
+            }
+            let x = signal::synth::generate(&signal::synth::Spec {
+                sample_rate_hz: 1e6,
+                len: samples,
+                noise_power: 1.0,
+                tones: vec![],
+                seed: 1,
+            });
+            let params = signal::SignalParams {
+                sample_rate_hz: 1e6,
+                fft_len,
+                window: signal::Window::Hann,
+                averages: batch,
+                peaks: 8,
+                threshold_db: 6.0,
+                backend: signal::BackendRequest::Cpu,
+                drift_max_hz_per_s: None,
+            };
+            let threads = signal::cpu::default_threads();
+            let t = std::time::Instant::now();
+            for _ in 0..iters.max(1) {
+                std::hint::black_box(signal::cpu::analyze(&x, &params));
+            }
+            let rate = (samples * iters.max(1)) as f64 / t.elapsed().as_secs_f64();
+            println!("cpu ({threads} threads): {rate:.3e} samples/s");
+            Ok(())
+        }
+        Err(e) => bail!("--gpu require: no usable GPU, nothing to benchmark: {e}"),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up {
@@ -179,6 +279,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             enrol_token,
             sysop_key,
             lease_ms,
+            gpu,
         } => {
             up(
                 Overrides {
@@ -189,16 +290,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     lease_ms,
                 },
                 workers,
+                gpu,
             )
             .await
         }
+        Command::BenchSignal {
+            gpu,
+            fft_len,
+            batch,
+            iters,
+        } => tokio::task::spawn_blocking(move || bench_signal(gpu, fft_len, batch, iters))
+            .await
+            .context("benchmark thread")?,
         Command::Worker {
             realm,
             token,
             intents,
             concurrency,
             key_file,
+            gpu,
         } => {
+            let gpu = open_gpu(gpu).await?;
             // MTOR_WORKER_KEY (a hex seed) lets whoever starts a worker container choose its
             // identity, as the harness does to pin probes to it; otherwise the key file.
             let key = match std::env::var("MTOR_WORKER_KEY") {
@@ -224,6 +336,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 concurrency: concurrency.clamp(1, 1024),
                 label: format!("w-{}", &key.public_hex()[..8]),
                 key,
+                gpu,
             };
             let (tx, rx) = watch::channel(false);
             tokio::spawn(async move {
@@ -278,10 +391,11 @@ async fn wait_for_signal() {
     }
 }
 
-async fn up(overrides: Overrides, workers: Option<usize>) -> anyhow::Result<()> {
+async fn up(overrides: Overrides, workers: Option<usize>, gpu: GpuMode) -> anyhow::Result<()> {
     // Before anything starts: a seeded defect (debug builds with `--features defects` only)
     // must be in force from the first frame, and a clean build refuses to pretend to carry one.
     mtor_realm::defect::init()?;
+    let gpu = open_gpu(gpu).await?;
     let (cfg, report) = RealmConfig::resolve(overrides).context("configuration")?;
     let workers =
         workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -348,6 +462,8 @@ async fn up(overrides: Overrides, workers: Option<usize>) -> anyhow::Result<()> 
             concurrency: BUILTIN_CONCURRENCY,
             label: format!("builtin-{i}"),
             key,
+            // One GPU worker per GPU: the others keep the CPU path busy.
+            gpu: if i == 0 { gpu.clone() } else { None },
         };
         let rx = wrx.clone();
         handles.push(tokio::spawn(async move {

@@ -150,6 +150,9 @@ pub struct WorkerHealth {
     pub capacity: u32,
     /// Milliseconds since its last heartbeat.
     pub last_heartbeat_ms: u64,
+    /// Its declared capabilities (e.g. `{"gpu": {...}}`); left out of the JSON when null.
+    #[serde(skip_serializing_if = "Value::is_null")]
+    pub capabilities: Value,
 }
 
 /// Errors of registry operations.
@@ -358,6 +361,20 @@ impl Registry {
         })
     }
 
+    /// Whether some worker that is neither draining nor unhealthy serves `intent` in `lane`
+    /// ([`crate::intents::lane`]): the admission check for pinned probes (PRB-6) and for
+    /// analyses that ask for a GPU (SIG-10), which only some workers of the intent take.
+    pub fn servable_lane(&self, intent: &str, lane: &str, now_ms: u64) -> bool {
+        self.workers.values().any(|w| {
+            w.intents.contains(intent)
+                && !w.draining()
+                && w.liveness(now_ms, self.interval_ms) != Health::Unhealthy
+                && crate::intents::worker_lanes(&w.intents, &w.key, &w.capabilities)
+                    .iter()
+                    .any(|l| l == lane)
+        })
+    }
+
     /// The worker to dispatch `intent` to: healthy (not suspect), not draining, with a free slot;
     /// the least loaded by `running / concurrency`, then the fewest running, then the smallest
     /// worker id.
@@ -389,6 +406,7 @@ impl Registry {
                 running: w.running,
                 capacity: w.concurrency,
                 last_heartbeat_ms: now_ms.saturating_sub(w.last_heartbeat_ms),
+                capabilities: w.capabilities.clone(),
             })
             .collect()
     }
@@ -571,9 +589,11 @@ mod tests {
             json,
             serde_json::json!([
                 {"worker_id": "w1", "state": "healthy", "intents": ["probe"],
-                 "running": 0, "capacity": 1, "last_heartbeat_ms": 2_000},
+                 "running": 0, "capacity": 1, "last_heartbeat_ms": 2_000,
+                 "capabilities": {"gpu": {"name": "H100"}}},
                 {"worker_id": "w2", "state": "suspect", "intents": ["fft", "probe"],
-                 "running": 1, "capacity": 3, "last_heartbeat_ms": 2_100},
+                 "running": 1, "capacity": 3, "last_heartbeat_ms": 2_100,
+                 "capabilities": {"gpu": {"name": "H100"}}},
             ])
         );
     }

@@ -210,7 +210,7 @@ enum Phase {
         nonce: String,
         expires: Instant,
         /// Worker registration (worker channel only).
-        worker: Option<(Vec<String>, usize)>,
+        worker: Option<(Vec<String>, usize, Value)>,
     },
     ClientReady {
         session_id: String,
@@ -297,7 +297,12 @@ impl Conn {
         )
     }
 
-    fn challenge(&mut self, ev: &Envelope, key: String, worker: Option<(Vec<String>, usize)>) {
+    fn challenge(
+        &mut self,
+        ev: &Envelope,
+        key: String,
+        worker: Option<(Vec<String>, usize, Value)>,
+    ) {
         let nonce = match identity::random_hex(32) {
             Ok(n) => n,
             Err(e) => return self.error(Code::Internal, &e.to_string(), Some(&ev.id)),
@@ -399,7 +404,14 @@ impl Conn {
                     .get("concurrency")
                     .and_then(Value::as_u64)
                     .unwrap_or(1) as usize;
-                self.challenge(&ev, str_of("worker_key"), Some((intents, concurrency)));
+                // Optional (SIG-10): what the worker has, e.g. its GPU; stored, shown in health,
+                // and used to route work that asks for a GPU.
+                let capabilities = ev.body.get("capabilities").cloned().unwrap_or(Value::Null);
+                self.challenge(
+                    &ev,
+                    str_of("worker_key"),
+                    Some((intents, concurrency, capabilities)),
+                );
             }
             ("federation.hello", Channel::Federation) => {
                 let speaks = ev
@@ -526,7 +538,7 @@ impl Conn {
                     roles,
                 };
             }
-            Some((intents, concurrency)) => {
+            Some((intents, concurrency, capabilities)) => {
                 // A worker's id is derived from its key, so it is stable across reconnects.
                 let worker_id = format!("w-{}", &key[..20.min(key.len())]);
                 self.send(wire::event(
@@ -544,6 +556,7 @@ impl Conn {
                     worker_key: key,
                     intents,
                     concurrency,
+                    capabilities,
                     tx: self.out.clone(),
                 });
                 info!(worker = %worker_id, concurrency, "worker enrolled");

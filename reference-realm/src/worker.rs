@@ -6,6 +6,7 @@
 //! `task.cancel`. A lost connection is re-established with capped exponential backoff.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -16,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::identity::{self, KeyPair};
 use crate::intents;
+use crate::signal::gpu::GpuEngine;
 use crate::wire;
 
 /// How long connecting and each handshake step may take.
@@ -54,6 +56,8 @@ pub struct WorkerOptions {
     pub key: KeyPair,
     /// A label for logs.
     pub label: String,
+    /// The GPU `analyze-signal` runs on, if any; reported as `capabilities.gpu` at enrolment.
+    pub gpu: Option<Arc<GpuEngine>>,
 }
 
 /// The worker endpoint URL of a realm base URL.
@@ -155,12 +159,13 @@ async fn connection(
     .map_err(|e| WorkerError::Connection(e.to_string()))?;
     let (mut sink, mut stream) = ws.split();
     let key = opts.key.public_hex();
-    let register = frame(
-        "worker.register",
-        None,
-        json!({"token": opts.token, "worker_key": key, "intents": opts.intents,
-               "concurrency": opts.concurrency, "software": format!("mtor-realm/{}", env!("CARGO_PKG_VERSION"))}),
-    );
+    let mut body = json!({"token": opts.token, "worker_key": key, "intents": opts.intents,
+               "concurrency": opts.concurrency, "software": format!("mtor-realm/{}", env!("CARGO_PKG_VERSION"))});
+    if let Some(gpu) = &opts.gpu {
+        // SIG-10: the realm routes `backend: "cuda"` analyses only to workers that declare this.
+        body["capabilities"] = json!({"gpu": gpu.info().to_json()});
+    }
+    let register = frame("worker.register", None, body);
     timed_send(&mut sink, register).await?;
     let ev = next_event(&mut stream).await?;
     if ev["type"] != "session.challenge" {
@@ -239,8 +244,9 @@ async fn connection(
                         let tx = done_tx.clone();
                         let wid = worker_id.clone();
                         let tid = task_id.clone();
+                        let gpu = opts.gpu.clone();
                         let handle = tokio::spawn(async move {
-                            run_task(tid, attempt, epoch, intent, input, wid, lease_ms, tx).await;
+                            run_task(tid, attempt, epoch, intent, input, wid, lease_ms, tx, gpu).await;
                         });
                         running.insert(task_id, (epoch, handle.abort_handle()));
                     }
@@ -290,6 +296,7 @@ async fn run_task(
     worker_id: String,
     lease_ms: u64,
     tx: mpsc::Sender<Message>,
+    gpu: Option<Arc<GpuEngine>>,
 ) {
     let ids = json!({"task_id": task_id, "attempt": attempt, "epoch": epoch});
     let with = |extra: Value| {
@@ -302,7 +309,7 @@ async fn run_task(
     // Progress at a third of the lease keeps the lease alive through long tasks.
     let mut progress = tokio::time::interval(Duration::from_millis((lease_ms / 3).max(50)));
     progress.tick().await;
-    let work = intents::run(&intent, &input, &worker_id);
+    let work = intents::run(&intent, &input, &worker_id, gpu);
     tokio::pin!(work);
     let outcome = loop {
         tokio::select! {

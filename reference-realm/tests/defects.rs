@@ -6,10 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 fn up_with(defect: &str) -> (bool, String, bool) {
-    let data = std::env::temp_dir().join(format!(
-        "mtor-defect-test-{}-{defect}",
-        std::process::id()
-    ));
+    let data =
+        std::env::temp_dir().join(format!("mtor-defect-test-{}-{defect}", std::process::id()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_mtor-realm"))
         .args(["up", "--listen", "127.0.0.1:0", "--data"])
         .arg(&data)
@@ -45,12 +43,18 @@ fn up_with(defect: &str) -> (bool, String, bool) {
 #[test]
 fn a_clean_build_refuses_to_start_with_a_seeded_defect() {
     let (failed, stderr, created) = up_with("never-lapse");
-    assert!(failed, "a clean realm started with MTOR_DEFECT set: {stderr}");
+    assert!(
+        failed,
+        "a clean realm started with MTOR_DEFECT set: {stderr}"
+    );
     assert!(
         stderr.contains("this build has no seeded defects"),
         "unclear error: {stderr}"
     );
-    assert!(!created, "the data directory was created before the refusal");
+    assert!(
+        !created,
+        "the data directory was created before the refusal"
+    );
 }
 
 #[cfg(feature = "defects")]
@@ -58,6 +62,12 @@ fn a_clean_build_refuses_to_start_with_a_seeded_defect() {
 fn a_defects_build_refuses_an_unknown_defect() {
     let (failed, stderr, created) = up_with("no-such-defect");
     assert!(failed, "the realm started with an unknown defect: {stderr}");
-    assert!(stderr.contains("not a known defect"), "unclear error: {stderr}");
-    assert!(!created, "the data directory was created before the refusal");
+    assert!(
+        stderr.contains("not a known defect"),
+        "unclear error: {stderr}"
+    );
+    assert!(
+        !created,
+        "the data directory was created before the refusal"
+    );
 }
