@@ -61,6 +61,6 @@ step "self-certification: the harness against the reference realm's seeded defec
 cargo build -p mtor-realm --features defects --locked
 cp target/debug/mtor-realm target/debug/mtor-realm-defects
 python3 ci/self-certify.py --realm target/debug/mtor-realm-defects --profile fast \
-  --doc "$out/self-certification.md"
+  --doc target/self-certification.md
 # Put the clean realm back beside mtor-cert (cargo keeps both builds: this only re-links it).
 cargo build -p mtor-realm --locked

@@ -2450,32 +2450,38 @@ fn check_overload(phases: &[PhaseRecords<'_>]) -> Judgement {
 }
 
 /// How far the in-flight count the harness sees may exceed a declared limit before it counts as
-/// a breach: the harness sees an intent in flight from `intent.accepted` until its terminal event
-/// arrives, a little longer than the realm holds its slot (the slot frees before the settlement
-/// is announced), so only a peak above twice the limit is held against the realm.
-pub const INFLIGHT_SLACK: u64 = 2;
+/// a breach. The harness sees an intent in flight from `intent.accepted` until its terminal
+/// event arrives, a little longer than the realm holds its slot (the slot frees before the
+/// settlement is announced), so a quarter of the limit (at least 4) is allowed on top. Measured
+/// on the reference realm: peaks of 64-65 per wallet against a limit of 64; a realm without the
+/// limit reached 128 in the same phase.
+pub fn inflight_allowance(limit: u64) -> u64 {
+    limit + (limit / 4).max(4)
+}
 
 /// SQ-1 / SQ-2: the realm held more intents in flight, for one wallet or in all, than its
-/// manifest declares it ever admits (with [`INFLIGHT_SLACK`]).
+/// manifest declares it ever admits (beyond [`inflight_allowance`]).
 pub fn over_declared(r: &PhaseReport) -> Option<String> {
     let d = r.declared?;
     if let Some(limit) = d.per_wallet_inflight.filter(|l| *l > 0) {
+        let allowed = inflight_allowance(limit);
         if let Some((w, peak)) = r
             .peak_inflight
             .iter()
             .enumerate()
-            .find(|(_, p)| **p > INFLIGHT_SLACK * limit)
+            .find(|(_, p)| **p > allowed)
         {
             let label = r.wallets.get(w).map_or("?", |x| x.label.as_str());
             return Some(format!(
-                "wallet {label} had {peak} intents accepted and not yet ended at once, more than {INFLIGHT_SLACK} × the manifest's per_wallet_inflight = {limit}: the realm admits beyond its declared limit instead of refusing (SQ-1, SQ-2)"
+                "wallet {label} had {peak} intents accepted and not yet ended at once, above the manifest's per_wallet_inflight = {limit} (allowance {allowed}): the realm admits beyond its declared limit instead of refusing (SQ-1, SQ-2)"
             ));
         }
     }
     if let Some(cap) = d.queue_capacity.filter(|c| *c > 0) {
-        if r.peak_inflight_total > INFLIGHT_SLACK * cap {
+        let allowed = inflight_allowance(cap);
+        if r.peak_inflight_total > allowed {
             return Some(format!(
-                "{} intents were accepted and not yet ended at once, more than {INFLIGHT_SLACK} × the manifest's queue_capacity = {cap}: the queue is not bounded as declared (SQ-1, SQ-2)",
+                "{} intents were accepted and not yet ended at once, above the manifest's queue_capacity = {cap} (allowance {allowed}): the queue is not bounded as declared (SQ-1, SQ-2)",
                 r.peak_inflight_total
             ));
         }
@@ -3588,10 +3594,10 @@ mod tests {
     }
 
     #[test]
-    fn in_flight_beyond_twice_the_declared_limit_is_a_breach() {
+    fn in_flight_beyond_the_declared_limit_and_its_allowance_is_a_breach() {
         let mut r = step(100.0, 5_000, false);
-        r.peak_inflight = vec![128];
-        r.peak_inflight_total = 128;
+        r.peak_inflight = vec![80];
+        r.peak_inflight_total = 80;
         assert_eq!(
             over_declared(&r),
             None,
@@ -3601,15 +3607,13 @@ mod tests {
             per_wallet_inflight: Some(64),
             queue_capacity: Some(1000),
         });
-        assert_eq!(
-            over_declared(&r),
-            None,
-            "at twice the limit: within the slack"
-        );
-        r.peak_inflight = vec![129];
+        assert_eq!(inflight_allowance(64), 80);
+        assert_eq!(inflight_allowance(8), 12);
+        assert_eq!(over_declared(&r), None, "at the allowance: not a breach");
+        r.peak_inflight = vec![81];
         assert!(over_declared(&r).is_some_and(|w| w.contains("per_wallet_inflight = 64")));
         r.peak_inflight = vec![10];
-        r.peak_inflight_total = 2001;
+        r.peak_inflight_total = 1251;
         assert!(over_declared(&r).is_some_and(|w| w.contains("queue_capacity = 1000")));
     }
 
