@@ -962,7 +962,10 @@ async fn seeded_static(State(state): State<Arc<AppState>>, Path(path): Path<Stri
     if !defect::on(Defect::ServeStaticNaively) {
         return rest_error(StatusCode::NOT_FOUND, Code::NotFound, "no such endpoint");
     }
-    let file = format!("{}/static/{path}", state.config.data_dir.display());
+    let root = state.config.data_dir.join("static");
+    // The folder must exist for `..` to resolve through it, as it would for a real web client.
+    let _ = tokio::fs::create_dir_all(&root).await;
+    let file = format!("{}/{path}", root.display());
     match tokio::fs::read(&file).await {
         Ok(bytes) => (StatusCode::OK, bytes).into_response(),
         Err(_) => rest_error(StatusCode::NOT_FOUND, Code::NotFound, "no such file"),
