@@ -33,6 +33,7 @@ pub const KINDS: &[&str] = &[
     crate::security::KIND,
     crate::metrics::KIND,
     crate::stateless::KIND,
+    crate::injection::KIND,
 ];
 
 /// What a driver needs.
@@ -115,6 +116,7 @@ pub async fn drive(ctx: &Ctx<'_>) {
         crate::security::KIND => crate::security::drive(ctx).await,
         crate::metrics::KIND => crate::metrics::drive(ctx).await,
         crate::stateless::KIND => crate::stateless::drive(ctx).await,
+        crate::injection::KIND => crate::injection::drive(ctx).await,
         other => ctx.abort(format!("this harness has no driver for kind `{other}`")),
     }
 }

@@ -180,6 +180,7 @@ pub fn check(spec: &CaseSpec, all: &[Record], contract: &Contract) -> Judgement 
         crate::security::KIND => crate::security::check(spec, &records),
         crate::metrics::KIND => crate::metrics::check(spec, &records),
         crate::stateless::KIND => crate::stateless::check(spec, &records),
+        crate::injection::KIND => crate::injection::check(spec, &records),
         other => Judgement::new(
             Outcome::Unknown,
             format!("no checker for case kind `{other}` in this harness version"),

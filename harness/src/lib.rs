@@ -11,6 +11,7 @@ pub mod container;
 pub mod contract;
 pub mod generate;
 pub mod history;
+pub mod injection;
 pub mod journal;
 pub mod lint;
 pub mod load;

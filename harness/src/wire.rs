@@ -420,12 +420,29 @@ pub async fn login(
     case: Option<&str>,
     deadline: Instant,
 ) -> Result<(Conn, Value), WireError> {
+    login_resuming(url, who, &[], journal, case, deadline)
+        .await
+        .map(|(conn, ready, _)| (conn, ready))
+}
+
+/// [`login`] with a `resume` list in the hello (section 7.4); also returns the hello's id, the
+/// `corr` of the realm's `intent.status` answers to it. With an empty list the hello has no
+/// `resume` field at all.
+pub async fn login_resuming(
+    url: &str,
+    who: &Identity,
+    resume: &[String],
+    journal: &Journal,
+    case: Option<&str>,
+    deadline: Instant,
+) -> Result<(Conn, Value, String), WireError> {
     let mut conn = Conn::open(url, journal, case, deadline).await?;
-    let hello = event(
-        "session.hello",
-        None,
-        json!({ "wallet": who.public_hex(), "client": concat!("mtor-cert/", env!("CARGO_PKG_VERSION")) }),
-    );
+    let mut body = json!({ "wallet": who.public_hex(), "client": concat!("mtor-cert/", env!("CARGO_PKG_VERSION")) });
+    if !resume.is_empty() {
+        body["resume"] = json!(resume);
+    }
+    let hello = event("session.hello", None, body);
+    let hello_id = hello["id"].as_str().unwrap_or_default().to_owned();
     let challenge = conn.request(&hello, deadline).await?;
     if challenge.kind() != Some("session.challenge") {
         return Err(WireError::Unexpected(format!(
@@ -468,7 +485,7 @@ pub async fn login(
         .event
         .and_then(|e| e.get("body").cloned())
         .unwrap_or(Value::Null);
-    Ok((conn, body))
+    Ok((conn, body, hello_id))
 }
 
 /// A minimal HTTP/1.1 GET over loopback TCP with a deadline, journaled. Returns (status, body).

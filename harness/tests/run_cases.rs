@@ -251,12 +251,29 @@ defect_test!(
     fetch_bound_to_the_session_is_caught,
     Defect::SessionBoundFetch,
     // The cancel case confirms its cancel with a fetch from the second session too.
-    ["stateless.fetch-elsewhere", "stateless.cancel-elsewhere"]
+    ["stateless.fetch-elsewhere", "stateless.cancel-elsewhere"],
+    // Its read-back from storage is a fetch from a second session: refused, it cannot judge.
+    maybe["security.strings-round-trip"]
 );
 defect_test!(
     cancel_bound_to_the_session_is_caught,
     Defect::SessionBoundCancel,
     ["stateless.cancel-elsewhere"]
+);
+defect_test!(
+    an_ignored_resume_is_caught,
+    Defect::ResumeIgnored,
+    ["stateless.resume-elsewhere"]
+);
+defect_test!(
+    resuming_another_wallets_intents_is_caught,
+    Defect::ResumeAnyWallet,
+    ["stateless.resume-elsewhere"]
+);
+defect_test!(
+    resending_a_delivered_result_on_resume_is_caught,
+    Defect::ResumeRedelivers,
+    ["stateless.resume-elsewhere"]
 );
 defect_test!(
     emitting_a_wrong_typed_field_is_caught,
@@ -449,6 +466,11 @@ defect_test!(
     security_errors_echoing_the_frame_are_caught,
     Defect::EchoInErrors,
     ["security.no-wallet-broadcast"]
+);
+defect_test!(
+    security_sanitised_input_is_caught,
+    Defect::SanitizeInput,
+    ["security.strings-round-trip"]
 );
 defect_test!(
     security_refusals_sent_to_everyone_are_caught,

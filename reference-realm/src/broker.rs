@@ -835,6 +835,11 @@ impl Broker {
                 corr,
                 intent_ids,
             } => {
+                let intent_ids = if defect::on(Defect::ResumeIgnored) {
+                    Vec::new()
+                } else {
+                    intent_ids
+                };
                 for id in intent_ids {
                     self.lookup(session_id.clone(), corr.clone(), id, ReadPurpose::Resume);
                 }
@@ -966,7 +971,10 @@ impl Broker {
 
     /// Admission, checks 2a and 3 (section 8.1); checks 4-10 follow in [`Broker::admit`] once
     /// the idempotency binding has been read.
-    fn submit(&mut self, session_id: String, corr: String, submit: Submit) {
+    fn submit(&mut self, session_id: String, corr: String, mut submit: Submit) {
+        if defect::on(Defect::SanitizeInput) {
+            defect::sanitize(&mut submit.input);
+        }
         let Some(wallet) = self.sessions.get(&session_id).map(|s| s.wallet.clone()) else {
             return;
         };
@@ -2001,7 +2009,8 @@ impl Broker {
             &session_id,
             wire::event("intent.status", Some(&corr), row.status_body()),
         );
-        if purpose == ReadPurpose::Resume && row.is_terminal() && !row.delivered {
+        let undelivered = !row.delivered || defect::on(Defect::ResumeRedelivers);
+        if purpose == ReadPurpose::Resume && row.is_terminal() && undelivered {
             if let Some((kind, body)) = row.terminal_event() {
                 self.session_send(
                     &session_id,
@@ -2210,10 +2219,11 @@ impl Broker {
         let Some(wallet) = self.sessions.get(&session_id).map(|s| s.wallet.clone()) else {
             return;
         };
+        let any_wallet = purpose == ReadPurpose::Resume && defect::on(Defect::ResumeAnyWallet);
         let live = self
             .intents
             .get(&intent_id)
-            .is_some_and(|l| l.wallet == wallet && l.state != LiveState::Settling);
+            .is_some_and(|l| (l.wallet == wallet || any_wallet) && l.state != LiveState::Settling);
         if live {
             return self.live_status(session_id, corr, purpose, &intent_id);
         }

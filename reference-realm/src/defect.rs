@@ -69,6 +69,12 @@ pub enum Defect {
     FetchBySession,
     /// `intent.cancel` works only from the session that submitted the intent.
     CancelBySession,
+    /// `session.hello`'s `resume` list is ignored: no status, no attachment, no delivery.
+    ResumeIgnored,
+    /// Resume looks live intents up by id alone: any wallet's session may attach to them.
+    ResumeAnyWallet,
+    /// A terminal event is sent again on every resume, not only when it reached no session.
+    ResumeRedelivers,
     // ---- tokens
     /// The funds check counts money held for intents in flight as available: racing
     /// submissions overdraw the wallet.
@@ -112,6 +118,9 @@ pub enum Defect {
     /// A refused frame's error is sent to every client session, not only its sender.
     RefusalsToAll,
     /// A `/static/` route joins the decoded path onto its folder, `..` and all.
+    /// Intent input strings are "sanitised" on admission: markup escaped, control characters
+    /// dropped, so the worker and every later reader get another string than the client sent.
+    SanitizeInput,
     ServeStaticNaively,
 }
 
@@ -243,6 +252,21 @@ pub const CATALOGUE: &[(Defect, &str, &str)] = &[
         "only the submitting session may cancel",
     ),
     (
+        Defect::ResumeIgnored,
+        "resume-ignored",
+        "the hello's resume list is ignored",
+    ),
+    (
+        Defect::ResumeAnyWallet,
+        "resume-any-wallet",
+        "resume attaches live intents of any wallet",
+    ),
+    (
+        Defect::ResumeRedelivers,
+        "resume-redelivers",
+        "every resume resends the terminal event",
+    ),
+    (
         Defect::OverdrawOnRace,
         "overdraw-on-race",
         "held money counts as available",
@@ -333,6 +357,11 @@ pub const CATALOGUE: &[(Defect, &str, &str)] = &[
         "refusals go to every client session",
     ),
     (
+        Defect::SanitizeInput,
+        "sanitize-input",
+        "input strings are escaped and stripped on admission",
+    ),
+    (
         Defect::ServeStaticNaively,
         "serve-static-naively",
         "a static route lets `..` escape its folder",
@@ -413,6 +442,31 @@ pub fn on(defect: Defect) -> bool {
 #[inline(always)]
 pub const fn on(_defect: Defect) -> bool {
     false
+}
+
+/// What `sanitize-input` does to every string of an intent's input: the well-meant escaping that
+/// SEC-2 forbids (HTML-escape markup, drop control characters).
+pub fn sanitize(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => {
+            *s = s
+                .chars()
+                .filter(|c| !c.is_control())
+                .map(|c| match c {
+                    '<' => "&lt;".to_owned(),
+                    '>' => "&gt;".to_owned(),
+                    '&' => "&amp;".to_owned(),
+                    '"' => "&quot;".to_owned(),
+                    '\'' => "&#39;".to_owned(),
+                    c => c.to_string(),
+                })
+                .collect();
+        }
+        Value::Array(a) => a.iter_mut().for_each(sanitize),
+        Value::Object(o) => o.values_mut().for_each(sanitize),
+        _ => {}
+    }
 }
 
 #[cfg(test)]

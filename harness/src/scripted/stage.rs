@@ -307,6 +307,15 @@ impl<'a> Stage<'a> {
         }
     }
 
+    /// Closes the wallet's client session politely (marked `client-closed`): the realm must
+    /// keep what it owes that session for a later one (section 7.4).
+    pub async fn close_client(&mut self) {
+        if let Some(conn) = self.client.take() {
+            self.ctx.mark("client-closed", &conn.id.to_string());
+            conn.close().await;
+        }
+    }
+
     /// Stops or resumes worker `w`'s heartbeats; a resumed worker beats at once.
     pub fn set_beating(&mut self, w: usize, on: bool) {
         let worker = &mut self.workers[w];
@@ -344,6 +353,14 @@ impl<'a> Stage<'a> {
 
     async fn submit_raw(&mut self, pin: &str) -> Result<(String, Received), StageError> {
         let nonce = format!("wk-{}", wire::new_id());
+        let reply = self.submit_probe(pin, &nonce).await?;
+        Ok((nonce, reply))
+    }
+
+    /// Submits a `cert.probe` pinned to `pin` with `nonce` and returns the realm's answer,
+    /// whatever it is (marked `submit:<frame id>`).
+    pub async fn submit_probe(&mut self, pin: &str, nonce: &str) -> Result<Received, StageError> {
+        let nonce = nonce.to_owned();
         self.nonces.insert(nonce.clone());
         let submit = event(
             "intent.submit",
@@ -372,9 +389,8 @@ impl<'a> Stage<'a> {
                 .cloned()
         };
         self.pump_until(deadline, |s| reply(s).is_some()).await;
-        let got = reply(self)
-            .ok_or_else(|| StageError::Abort("intent.submit got no answer within 5 s".into()))?;
-        Ok((nonce, got))
+        reply(self)
+            .ok_or_else(|| StageError::Abort("intent.submit got no answer within 5 s".into()))
     }
 
     /// The next assignment of one of the harness's probes, within `ms`.
@@ -382,6 +398,11 @@ impl<'a> Stage<'a> {
         let until = self.until(ms);
         self.pump_until(until, |s| !s.assigns.is_empty()).await;
         self.assigns.pop_front()
+    }
+
+    /// Puts an assignment taken with [`Stage::next_assign`] back at the end of the queue.
+    pub fn requeue(&mut self, a: Assign) {
+        self.assigns.push_back(a);
     }
 
     /// Whether anything arrived that ends lease `a`: a later assignment of its probe, or a

@@ -80,6 +80,10 @@ struct Intent {
     attempts: u64,
     lease: Option<Lease>,
     lapsed: Option<(u64, u64)>,
+    /// Sessions attached by `resume` (INT-12), besides the submitting one.
+    attached: Vec<u64>,
+    /// Whether the terminal event reached a session.
+    delivered: bool,
 }
 
 /// The broker state of the double, shared by every connection under one lock.
@@ -415,7 +419,14 @@ impl Broker {
         if body["intent"] != "cert.probe" {
             return reject("INFEASIBLE");
         }
-        let input = body["input"].clone();
+        let mut input = body["input"].clone();
+        if self.is(Defect::SanitizeInput) {
+            // The bug: a well-meant escape of the nonce on admission (SEC-2 forbids it).
+            if let Some(n) = input["nonce"].as_str() {
+                let clean: String = n.chars().filter(|c| !c.is_control()).collect();
+                input["nonce"] = json!(clean.replace('<', "&lt;"));
+            }
+        }
         let pin = input["worker_key"].as_str().map(str::to_owned);
         let ignore_pin = self.is(Defect::PinIgnored);
         let feasible = self.workers.values().any(|w| {
@@ -465,6 +476,8 @@ impl Broker {
                 attempts: 0,
                 lease: None,
                 lapsed: None,
+                attached: Vec::new(),
+                delivered: false,
             },
         );
         self.queue.push_back(id.clone());
@@ -595,7 +608,8 @@ impl Broker {
             intent.max_cost,
             intent.attempts,
         );
-        let session = intent.session;
+        let mut sessions = vec![intent.session];
+        sessions.extend(intent.attached.iter().copied());
         let submit_id = intent.submit_id.clone();
         let hold = format!("hold:{wallet}");
         let (frame, captured) = match outcome {
@@ -667,11 +681,55 @@ impl Broker {
             );
         }
         let twice = self.note_terminal(id, &frame);
-        if let Some(tx) = self.sessions.get(&session) {
+        let mut delivered = false;
+        for tx in sessions.iter().filter_map(|s| self.sessions.get(s)) {
             if twice {
                 send(tx, frame.clone());
             }
-            send(tx, frame);
+            send(tx, frame.clone());
+            delivered = true;
+        }
+        if let Some(intent) = self.intents.get_mut(id) {
+            intent.delivered = delivered;
+        }
+    }
+
+    /// `session.hello` `resume` of a session of `wallet`, after its `session.ready` (INT-12,
+    /// INT-13): each id of the wallet's intents is answered with `intent.status` (corr = the
+    /// hello's id) and attaches the session; a terminal event that reached no session is sent
+    /// once. Other ids get nothing.
+    pub fn resume(&mut self, conn: u64, wallet: &str, hello_id: &str, ids: &[String]) {
+        if self.is(Defect::ResumeIgnored) {
+            return;
+        }
+        let any_wallet = self.is(Defect::ResumeAnyWallet);
+        let redeliver = self.is(Defect::ResumeRedelivers);
+        let Some(tx) = self.sessions.get(&conn).cloned() else {
+            return;
+        };
+        for id in ids {
+            let Some(owner) = self
+                .intents
+                .get(id)
+                .filter(|i| i.wallet == wallet || any_wallet)
+                .map(|i| i.wallet.clone())
+            else {
+                continue;
+            };
+            let ask = json!({"id": hello_id, "body": {"intent_id": id}});
+            send(&tx, self.fetch(&owner, &ask));
+            let terminal = self.terminal_of(id);
+            let Some(intent) = self.intents.get_mut(id) else {
+                continue;
+            };
+            match terminal {
+                Some(frame) if !intent.delivered || redeliver => {
+                    intent.delivered = true;
+                    send(&tx, frame);
+                }
+                Some(_) => {}
+                None => intent.attached.push(conn),
+            }
         }
     }
 

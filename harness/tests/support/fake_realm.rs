@@ -135,6 +135,14 @@ pub enum Defect {
     SessionBoundFetch,
     /// `intent.cancel` answers NOT_FOUND unless asked on the connection that submitted.
     SessionBoundCancel,
+    /// `cert.probe` nonces are escaped and stripped of control characters on admission.
+    SanitizeInput,
+    /// `session.hello`'s `resume` list is ignored.
+    ResumeIgnored,
+    /// `resume` attaches intents of any wallet, not only the session's own.
+    ResumeAnyWallet,
+    /// Every `resume` resends the terminal event, delivered or not.
+    ResumeRedelivers,
 }
 
 type State = super::fake_broker::Broker;
@@ -539,6 +547,8 @@ async fn socket(
     let mut pending: Option<(String, String)> = None; // (key, nonce)
     let mut pending_intents: Option<Vec<String>> = None;
     let mut pending_concurrency = 1usize;
+    // `session.hello`'s id and `resume` list, answered after `session.ready`.
+    let mut pending_resume: Option<(String, Vec<String>)> = None;
     let mut session: Option<String> = None;
     let mut worker_id: Option<String> = None;
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
@@ -756,6 +766,14 @@ async fn socket(
                         .to_owned();
                     let nonce = new_id() + &new_id();
                     pending = Some((key, nonce.clone()));
+                    if kind == "session.hello" {
+                        let ids = ev["body"]["resume"].as_array().map(|a| {
+                            a.iter()
+                                .filter_map(|v| v.as_str().map(str::to_owned))
+                                .collect()
+                        });
+                        pending_resume = ids.map(|ids| (id.clone().unwrap_or_default(), ids));
+                    }
                     if kind == "worker.register" {
                         pending_intents = ev["body"]["intents"].as_array().map(|a| {
                             a.iter()
@@ -804,7 +822,13 @@ async fn socket(
                         event("worker.enrolled", id.as_deref(), body)
                     } else {
                         session = Some(key.clone());
-                        state.lock().expect("state").session_open(conn, tx.clone());
+                        let mut st = state.lock().expect("state");
+                        st.session_open(conn, tx.clone());
+                        // Queued behind `session.ready`, which is sent straight from this loop.
+                        if let Some((hello, ids)) = pending_resume.take() {
+                            st.resume(conn, &key, &hello, &ids);
+                        }
+                        drop(st);
                         let limits = if is(Defect::EmitWrongTypedField) {
                             json!({"max_frame_bytes": "1MiB", "max_depth": 32, "rate_per_s": 100, "burst": 200})
                         } else {

@@ -134,6 +134,11 @@ impl Broker {
         self.is(Defect::DoubleTerminal)
     }
 
+    /// The terminal event sent for `id`, if it ended.
+    pub(super) fn terminal_of(&self, id: &str) -> Option<Value> {
+        self.disp.terminal.get(id).cloned()
+    }
+
     /// `intent.fetch` of a session of `wallet` (INT-10).
     pub fn fetch(&self, wallet: &str, ev: &Value) -> Value {
         let corr = ev["id"].as_str();
