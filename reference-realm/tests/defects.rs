@@ -71,3 +71,40 @@ fn a_defects_build_refuses_an_unknown_defect() {
         "the data directory was created before the refusal"
     );
 }
+
+/// Every seeded defect has a row in the self-certification matrix, and every row names a seeded
+/// defect: a defect without a row is never shown to be caught, a row without a defect is a typo
+/// that would fail only deep inside CI's self-certification.
+#[test]
+fn the_self_certification_matrix_lists_exactly_the_catalogue() {
+    use std::collections::BTreeSet;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../ci/defect-matrix.toml");
+    let text = std::fs::read_to_string(path).expect("ci/defect-matrix.toml");
+    // Each `[[defect]]` table's first line is its `name` (the file's reviewed layout).
+    let mut rows = BTreeSet::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == "[[defect]]" {
+            let name = lines.next().unwrap_or_default();
+            let name = name
+                .strip_prefix("name = \"")
+                .and_then(|n| n.strip_suffix('"'))
+                .unwrap_or_else(|| panic!("a [[defect]] table must start with its name: {name}"));
+            assert!(rows.insert(name.to_owned()), "{name} has two rows");
+        }
+    }
+    let catalogue: BTreeSet<String> = mtor_realm::defect::CATALOGUE
+        .iter()
+        .map(|(_, name, _)| (*name).to_owned())
+        .collect();
+    assert_eq!(
+        catalogue.difference(&rows).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "seeded defects without a row in ci/defect-matrix.toml"
+    );
+    assert_eq!(
+        rows.difference(&catalogue).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "rows of ci/defect-matrix.toml that name no seeded defect"
+    );
+}
