@@ -113,6 +113,11 @@ pub enum Defect {
     RefusalsToAll,
     /// A `/static/` route joins the decoded path onto its folder, `..` and all.
     ServeStaticNaively,
+    /// The connection's token bucket is kept, but a frame that finds no token is processed
+    /// anyway: no frame is ever refused for the rate.
+    NoRateLimit,
+    /// Frames refused for the rate are answered `RATE_LIMITED` without `retry_after_ms`.
+    RateLimitedWithoutRetry,
 }
 
 /// Every defect with its `MTOR_DEFECT` name and a line of description.
@@ -336,6 +341,16 @@ pub const CATALOGUE: &[(Defect, &str, &str)] = &[
         Defect::ServeStaticNaively,
         "serve-static-naively",
         "a static route lets `..` escape its folder",
+    ),
+    (
+        Defect::NoRateLimit,
+        "no-rate-limit",
+        "the frame rate limit never refuses",
+    ),
+    (
+        Defect::RateLimitedWithoutRetry,
+        "rate-limited-without-retry",
+        "RATE_LIMITED answers lack retry_after_ms",
     ),
 ];
 
