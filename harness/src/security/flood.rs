@@ -412,7 +412,7 @@ fn judge(p: &Params, records: &[&Record]) -> Judgement {
     let mut after_seq = None;
     match (&after_answer, lim7) {
         (_, true) => after_note = "; the realm closed the connection with 1008 after 16+ consecutive refusals, as LIM-7 allows".into(),
-        (None, false) if unanswered.is_empty() => {
+        (None, false) if unanswered.is_empty() && problems.is_empty() => {
             return unknown("the frame after the flood was never sent")
         }
         (None, false) => {}
