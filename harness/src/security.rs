@@ -5,6 +5,8 @@
 //! judges from the journal alone, so `mtor-cert verify` re-derives the verdicts. A signed REST
 //! request is labelled by a `req:<label>` marker written just before it: the first HTTP record
 //! after the marker is its answer.
+//!
+//! `frame-flood` (the per-connection rate limit under a flood) lives in `security/flood.rs`.
 
 use std::time::{Duration, SystemTime};
 
@@ -15,6 +17,8 @@ use crate::checker::{note, Judgement, Outcome, MARK};
 use crate::journal::{Dir, Entry, Record};
 use crate::plan::CaseSpec;
 use crate::wire::{self, event, http_get, login, Conn, Identity};
+
+mod flood;
 
 /// The case kind.
 pub const KIND: &str = "security";
@@ -38,6 +42,7 @@ pub async fn drive(ctx: &Ctx<'_>) {
         "rest-stale" => rest_stale(ctx).await,
         "path-traversal" => path_traversal(ctx).await,
         "isolation" | "no-amplification" | "no-wallet-broadcast" => isolation(ctx).await,
+        "frame-flood" => flood::drive(ctx).await,
         other => ctx.abort(format!("unknown security check `{other}`")),
     }
 }
@@ -487,6 +492,7 @@ pub fn check(spec: &CaseSpec, records: &[&Record]) -> Judgement {
         "path-traversal" => check_traversal(records),
         "no-amplification" => check_amplification(records),
         "no-wallet-broadcast" => check_broadcast(records),
+        "frame-flood" => flood::check(spec, records),
         other => Judgement::new(
             Outcome::Unknown,
             format!("no checker for security check `{other}`"),

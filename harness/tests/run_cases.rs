@@ -477,6 +477,16 @@ defect_test!(
     Defect::RefusalsToAll,
     ["security.no-amplification"]
 );
+defect_test!(
+    security_a_flood_without_rate_limit_is_caught,
+    Defect::NoRateLimit,
+    ["security.frame-flood"]
+);
+defect_test!(
+    security_rate_limited_without_retry_after_is_caught,
+    Defect::RateLimitedWithoutRetry,
+    ["security.frame-flood"]
+);
 
 // ---- dispatch: the load cases against their own defects, one load test at a time.
 

@@ -122,6 +122,11 @@ pub enum Defect {
     /// dropped, so the worker and every later reader get another string than the client sent.
     SanitizeInput,
     ServeStaticNaively,
+    /// The connection's token bucket is kept, but a frame that finds no token is processed
+    /// anyway: no frame is ever refused for the rate.
+    NoRateLimit,
+    /// Frames refused for the rate are answered `RATE_LIMITED` without `retry_after_ms`.
+    RateLimitedWithoutRetry,
 }
 
 /// Every defect with its `MTOR_DEFECT` name and a line of description.
@@ -365,6 +370,16 @@ pub const CATALOGUE: &[(Defect, &str, &str)] = &[
         Defect::ServeStaticNaively,
         "serve-static-naively",
         "a static route lets `..` escape its folder",
+    ),
+    (
+        Defect::NoRateLimit,
+        "no-rate-limit",
+        "the frame rate limit never refuses",
+    ),
+    (
+        Defect::RateLimitedWithoutRetry,
+        "rate-limited-without-retry",
+        "RATE_LIMITED answers lack retry_after_ms",
     ),
 ];
 

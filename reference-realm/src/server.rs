@@ -862,6 +862,8 @@ async fn connection(socket: WebSocket, state: Arc<AppState>, channel: Channel) {
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                 .is_err()
         });
+        // Seeded `no-rate-limit`: the bucket is kept but its verdict is ignored.
+        let rate_limited = rate_limited.filter(|_| !defect::on(Defect::NoRateLimit));
         if let Some(ms) = rate_limited {
             state.metrics.error(Code::RateLimited);
             let ref_id = text
@@ -879,11 +881,13 @@ async fn connection(socket: WebSocket, state: Arc<AppState>, channel: Channel) {
                         .ok()
                 })
                 .and_then(|f| f.id);
+            // Seeded `rate-limited-without-retry`: the refusal leaves out when to come back.
+            let retry = Some(ms).filter(|_| !defect::on(Defect::RateLimitedWithoutRetry));
             c.send(wire::error_event(
                 Code::RateLimited,
                 "too many frames",
                 ref_id.as_deref(),
-                Some(ms),
+                retry,
             ));
             continue;
         }

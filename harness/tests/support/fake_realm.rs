@@ -143,6 +143,11 @@ pub enum Defect {
     ResumeAnyWallet,
     /// Every `resume` resends the terminal event, delivered or not.
     ResumeRedelivers,
+    // ---- the frame rate limit (LIM-8).
+    /// The token bucket never refuses: a flood is processed in full.
+    NoRateLimit,
+    /// Frames refused for the rate are answered `RATE_LIMITED` without `retry_after_ms`.
+    RateLimitedWithoutRetry,
 }
 
 type State = super::fake_broker::Broker;
@@ -501,6 +506,40 @@ fn depth(text: &str) -> usize {
     max
 }
 
+/// The frame rate the double advertises (`limits.rate_per_s`, manifest and `session.ready`).
+const RATE_PER_S: f64 = 100.0;
+/// The bucket size it advertises (`limits.burst`).
+const BURST: f64 = 200.0;
+
+/// LIM-8: one connection's token bucket at the advertised limits, full at the start.
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Bucket {
+    fn new() -> Self {
+        Self {
+            tokens: BURST,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes a token, or says in how many ms one will be there.
+    fn take(&mut self) -> Result<(), u64> {
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * RATE_PER_S;
+        self.tokens = (self.tokens + refill).min(BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        // At least 1 ms: the next token is never there at once.
+        Err(((1.0 - self.tokens) / RATE_PER_S * 1000.0).ceil().max(1.0) as u64)
+    }
+}
+
 /// What a client may send (section 3.1).
 const CLIENT_TYPES: &[&str] = &[
     "session.hello",
@@ -553,6 +592,7 @@ async fn socket(
     let mut worker_id: Option<String> = None;
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let conn = state.lock().expect("state").conn();
+    let mut bucket = Bucket::new();
     loop {
         let msg = tokio::select! {
             m = ws.next() => match m {
@@ -568,6 +608,28 @@ async fn socket(
                 continue;
             }
         };
+        // Row 0 of section 14.3, before any parsing. Client connections only: the worker
+        // channel's extra token per task.assign (LIM-8) is not modelled, and the harness's
+        // workers under load answer faster than 100 frames/s.
+        let data = matches!(msg, Message::Text(_) | Message::Binary(_));
+        if data && !worker_channel && !is(Defect::NoRateLimit) {
+            if let Err(ms) = bucket.take() {
+                let id = match &msg {
+                    Message::Text(t) => serde_json::from_str::<Value>(t)
+                        .ok()
+                        .and_then(|v| v["id"].as_str().filter(|s| is_uid(s)).map(str::to_owned)),
+                    _ => None,
+                };
+                let mut refusal = error("RATE_LIMITED", id.as_deref());
+                if !is(Defect::RateLimitedWithoutRetry) {
+                    refusal["body"]["retry_after_ms"] = json!(ms);
+                }
+                if ws.send(Message::text(refusal.to_string())).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        }
         let text = match msg {
             Message::Text(t) => t.to_string(),
             Message::Binary(b) if is(Defect::AcceptBinary) => {
