@@ -56,8 +56,8 @@ step "self-certification: the harness against the reference realm's seeded defec
 # The realm built with --features defects (debug only; the feature refuses release builds), kept
 # under its own name. The clean realm runs three times with one seed (identical verdicts, no
 # false alarm); each defect of ci/defect-matrix.toml once: exactly its mapped cases must fail.
-# Profile `fast` leaves the load suite out of the runs of defects outside the dispatch family;
-# `ci/self-certify.py --profile full` runs everything (figures in docs/self-certification.md).
+# Profile `fast` runs each defect against its own family's cases and the cases it is mapped to;
+# `ci/self-certify.py --profile full` runs the whole plan per defect (docs/self-certification.md).
 cargo build -p mtor-realm --features defects --locked
 cp target/debug/mtor-realm target/debug/mtor-realm-defects
 python3 ci/self-certify.py --realm target/debug/mtor-realm-defects --profile fast \
